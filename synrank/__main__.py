@@ -1,0 +1,3 @@
+from synrank.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Typed configuration: one pydantic model per stage, a top-level run config, YAML files and dotted
+command-line overrides (`train.loss=lsepair train.lr=2e-5`).
+
+Every model forbids unknown keys, so a typo is an error that names the key, the file it came from
+and the valid choices, instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and the dotted key it concerns."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(Section):
+    """Where Ray runs: an existing cluster (`address`, or RAY_ADDRESS) or an embedded local one."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded Ray (default: all)")
+    num_gpus: int | None = Field(None, ge=0)
+    object_store_memory: int | None = Field(None, ge=78_643_200)
+
+
+class EncoderConfig(Section):
+    """The bi-encoder shared by training and evaluation."""
+
+    model: str = "default"
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    similarity: Literal["dot", "cosine"] = "cosine"
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_query_length: int = Field(64, ge=4, le=8192)
+    max_passage_length: int = Field(256, ge=4, le=8192)
+
+
+class GenerateConfig(Section):
+    """`synrank generate`: graded synthetic passages for real queries."""
+
+    queries: str | None = None
+    out: str | None = None
+    model: str = "default"
+    n_levels: int = Field(4, ge=2, le=5)
+    samples_per_level: int = Field(1, ge=1)
+    level0_strategy: Literal["prompt", "swap"] = "swap"
+    prompt_version: str = "v1"
+    max_tokens: int = Field(160, ge=8)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seed: int = 0
+    max_retries: int = Field(2, ge=0)
+    limit: int | None = Field(None, ge=1, description="only the first N queries")
+    batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(64, ge=1, description="queries per output shard (the unit of resumption)")
+    num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(2048, ge=256)
+
+
+class AnnotateConfig(Section):
+    """`synrank annotate`: graded LLM labels for real (query, passage) pairs."""
+
+    collection: str | None = None
+    split: str = "test"
+    out: str | None = None
+    model: str = "default"
+    n_levels: int = Field(4, ge=2, le=5)
+    candidates: str = Field("bm25", description="bm25, or an encoder model for dense candidates")
+    top_n: int = Field(10, ge=1)
+    include_judged: bool = True
+    prompt_version: str = "v1"
+    max_retries: int = Field(2, ge=0)
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    shard_size: int = Field(16, ge=1)
+    num_engines: int | None = Field(None, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = Field(2048, ge=256)
+
+
+class QuerySplitConfig(Section):
+    """A deterministic seeded split of a collection's judged query ids into train and test."""
+
+    train_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    seed: int = 13
+
+
+class GroupsConfig(Section):
+    """Training groups: one query, k passages, their grades, from one label source."""
+
+    source: Literal["synthetic", "human", "llm", "mixed"] = "synthetic"
+    synthetic: str | None = Field(None, description="synthetic passages (generate's output)")
+    collection: str | None = Field(None, description="BEIR folder for human/llm/mixed sources")
+    qrels_split: str = "train"
+    query_split: QuerySplitConfig | None = None
+    llm_qrels: str | None = None
+    from_levels: int = Field(4, ge=2, le=5)
+    n_levels: int = Field(4, ge=2, le=5)
+    group_size: int = Field(4, ge=2)
+    bm25_negatives: int = Field(30, ge=0, description="BM25 top-n to draw negatives from")
+    precedence: Literal["human", "llm", "add"] = "human"
+    seed: int = 0
+    out: str | None = None
+
+    @field_validator("n_levels")
+    @classmethod
+    def _coarser(cls, v: int, info: Any) -> int:
+        start = info.data.get("from_levels", 4)
+        if v > start:
+            raise ValueError(f"n_levels={v} is finer than from_levels={start}; levels can only be collapsed")
+        return v
+
+
+class TrainConfig(Section):
+    """`synrank train`: a bi-encoder on Ray Train with any loss of synrank.losses."""
+
+    groups: str | None = None
+    out: str | None = None
+    encoder: EncoderConfig = EncoderConfig()
+    loss: str = "infonce"
+    loss_params: dict[str, Any] = {}
+    positive_threshold: float = Field(1.0, ge=0.0)
+    batch_size: int = Field(16, ge=1, description="queries per worker per step")
+    group_size: int | None = Field(None, ge=1, description="passages per query (default: from the groups)")
+    in_batch_negatives: bool = True
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(2e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    grad_accumulation: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    fail_at_step: int | None = Field(None, description="test-only: a worker raises at this step once")
+
+
+class EvaluateConfig(Section):
+    """`synrank evaluate`: retrieval on real collections with faiss and pytrec_eval."""
+
+    model: str = "default"
+    encoder: EncoderConfig = EncoderConfig()
+    collections: list[str] = []
+    split: str = "test"
+    out: str | None = None
+    top_k: int = Field(100, ge=1)
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    batch_size: int = Field(64, ge=1)
+    num_encoders: int | None = Field(None, ge=1)
+
+
+class RunConfig(Section):
+    """A whole run (`synrank pipeline`): every stage's settings and one run directory."""
+
+    run_dir: str = "runs/default"
+    runtime: RuntimeConfig = RuntimeConfig()
+    generate: GenerateConfig = GenerateConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    groups: GroupsConfig = GroupsConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    ann = field.annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _check_keys(model: type[BaseModel], data: Any, prefix: str, where: str) -> None:
+    """Unknown keys, reported with the full dotted path and the close valid choices."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in model.model_fields:
+            valid = _valid_keys(model)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {dotted!r}{hint}; valid keys here: {', '.join(valid)}")
+        sub = _submodel(model, key)
+        if sub is not None and isinstance(value, dict):
+            _check_keys(sub, value, dotted + ".", where)
+
+
+def _validation_message(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = err.get("input")
+        lines.append(f"{where}: key {key!r}: {err['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    # int/float first: YAML 1.1 reads 2e-5 (no dot) as a string.
+    text = raw.strip()
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 2e-5, true, [a, b] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=2e-5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: empty key")
+    return key.split("."), _parse_value(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top, got {type(data).__name__}")
+    return data
+
+
+def build(model: type[M], data: dict[str, Any], where: str = "config") -> M:
+    _check_keys(model, data, "", where)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, where)) from None
+
+
+def load(model: type[M], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> M:
+    """Load `model` from an optional YAML file, then apply dotted overrides; errors name the source."""
+    data = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} + overrides" if path else "overrides"
+    return build(model, data, where)
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

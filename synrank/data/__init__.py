@@ -1,0 +1,1 @@
+"""Data contracts: Parquet schemas, readers/writers, relevance levels, training groups."""

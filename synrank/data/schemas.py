@@ -1,0 +1,78 @@
+"""The Parquet schemas every stage reads and writes (see DESIGN.md, "Stages and the data between them")."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+QUERIES = pa.schema([("query_id", pa.string()), ("text", pa.string())])
+
+CORPUS = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+
+LABEL_SOURCES = ("human", "llm", "synthetic")
+
+QRELS = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("grade", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+
+SYNTHETIC_PASSAGES = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("level", pa.int8()),
+        ("text", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("seed", pa.int64()),
+        ("n_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+    ]
+)
+
+TRAINING_GROUPS = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("texts", pa.list_(pa.string())),
+        ("grades", pa.list_(pa.float32())),
+        ("sources", pa.list_(pa.string())),
+    ]
+)
+
+BY_NAME: dict[str, pa.Schema] = {
+    "queries": QUERIES,
+    "corpus": CORPUS,
+    "qrels": QRELS,
+    "synthetic": SYNTHETIC_PASSAGES,
+    "groups": TRAINING_GROUPS,
+}
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Select and cast the schema's columns from table; extra columns are kept after them.
+
+    Raises ValueError naming `where` (a file or stage) and the missing columns.
+    """
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; expected {schema.names}")
+    columns, fields = [], []
+    for field in schema:
+        col = table.column(field.name)
+        if col.type != field.type:
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(f"{where}: column {field.name!r} has type {col.type}, expected {field.type}: {exc}") from exc
+        columns.append(col)
+        fields.append(field)
+    for name in table.column_names:
+        if name not in schema.names:
+            columns.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))

@@ -1,0 +1,160 @@
+"""The bi-encoder shared by training and evaluation: an HF encoder, pooling, normalisation, text
+formatting, and export to a sentence-transformers directory.
+
+Queries and passages go through the same weights (shared encoder); they differ only in prefix and
+maximum length. Scores are dot products of the (optionally L2-normalised) embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from synrank.config import EncoderConfig
+from synrank.models import resolve_encoder
+
+Kind = Literal["query", "passage"]
+
+# Written next to an exported model so that synrank reloads it with the same prefixes and lengths.
+SYNRANK_ENCODER_FILE = "synrank_encoder.json"
+
+
+def format_passage(title: str | None, text: str | None) -> str:
+    """Title and text as one string, the BEIR convention: "title text" (no title: the text)."""
+    title = (title or "").strip()
+    text = (text or "").strip()
+    return f"{title} {text}" if title else text
+
+
+class BiEncoder(nn.Module):
+    """An HF transformer with mean or CLS pooling and optional L2 normalisation."""
+
+    def __init__(self, config: EncoderConfig | None = None, *, model_path: str | None = None) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.config = config or EncoderConfig()
+        path = model_path or resolve_encoder(self.config.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"encoder {path!r} is not a loadable Hugging Face encoder: {exc}") from exc
+        self.model_path = path
+
+    @classmethod
+    def load(cls, path: str, **overrides) -> "BiEncoder":
+        """Load an encoder; a synrank export brings its own pooling, prefixes and lengths."""
+        resolved = resolve_encoder(path)
+        meta = Path(resolved) / SYNRANK_ENCODER_FILE
+        settings = json.loads(meta.read_text()) if meta.exists() else {}
+        settings.update(overrides)
+        settings["model"] = resolved
+        return cls(EncoderConfig(**settings), model_path=resolved)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def _prefix_and_length(self, kind: Kind) -> tuple[str, int]:
+        if kind == "query":
+            return self.config.query_prefix, self.config.max_query_length
+        if kind == "passage":
+            return self.config.passage_prefix, self.config.max_passage_length
+        raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
+        prefix, max_length = self._prefix_and_length(kind)
+        return self.tokenizer(
+            [prefix + t for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            emb = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.config.normalize or self.config.similarity == "cosine":
+            emb = nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
+                         **({"token_type_ids": features["token_type_ids"]} if "token_type_ids" in features else {}))
+        return self.pool(out.last_hidden_state, features["attention_mask"])
+
+    def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
+        """Embeddings with gradients (training)."""
+        device = next(self.parameters()).device
+        features = {k: v.to(device) for k, v in self.tokenize(texts, kind).items()}
+        return self(features)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], kind: Kind, batch_size: int = 64) -> np.ndarray:
+        """float32 embeddings [len(texts), dim], in input order. Batches are length-sorted to pad less."""
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            emb = self.embed([texts[i] for i in idx], kind)
+            out[idx] = emb.float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write a sentence-transformers directory (Transformer, Pooling, optional Normalize) that
+        `SentenceTransformer(out_dir)` loads with the same embeddings, plus synrank's own settings."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.config.normalize or self.config.similarity == "cosine":
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            (out / "2_Normalize").mkdir(exist_ok=True)
+        (out / "modules.json").write_text(json.dumps(modules, indent=2))
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        (out / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.config.pooling == "cls",
+            "pooling_mode_mean_tokens": self.config.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        }, indent=2))
+        (out / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": self.config.max_passage_length, "do_lower_case": False}, indent=2))
+        (out / "config_sentence_transformers.json").write_text(json.dumps({
+            "prompts": {"query": self.config.query_prefix, "document": self.config.passage_prefix},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if self.config.similarity == "cosine" else "dot",
+        }, indent=2))
+        settings = self.config.model_dump()
+        settings.pop("model")
+        (out / SYNRANK_ENCODER_FILE).write_text(json.dumps(settings, indent=2))
+        return out
+
+
+def similarity(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+    """[Q, D] x [P, D] -> [Q, P] scores (dot; cosine when the embeddings are normalised)."""
+    return queries @ passages.T
+
+
+def batched(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
