@@ -79,14 +79,34 @@ def _packaged_smollm2_gguf() -> Path:
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantise a GGUF checkpoint into an HF safetensors directory (float32), atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantise a GGUF checkpoint into an HF safetensors directory (float32), atomically.
+
+    Built from transformers' GGUF reader directly rather than `from_pretrained(gguf_file=...)`,
+    which insists on `accelerate` (not a dependency here): config and tokenizer come from the GGUF
+    metadata, the model is instantiated from the config and the dequantised tensors are loaded
+    into it; every weight must be covered (tied embeddings aside).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("converting %s to %s (one time)", gguf.name, out)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32)
+    result = model.load_state_dict(parsed["tensors"], strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(result.missing_keys) - tied)
+    if missing or result.unexpected_keys:
+        raise ModelNotFound(
+            f"{gguf}: conversion does not cover the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    if tied:
+        model.tie_weights()
+    model.eval()
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, out)
