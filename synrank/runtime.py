@@ -10,6 +10,8 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
+_started_here = False  # whether this process started the Ray it is connected to
+
 
 @dataclass(frozen=True)
 class ClusterResources:
@@ -26,12 +28,18 @@ class ClusterResources:
         return self.num_gpus >= 1
 
 
-def _quiet_local_defaults() -> None:
-    # Usage stats would try the network; a local cluster stays on loopback, and token auth is
-    # meaningless for a single-user embedded cluster (Ray 2.60 turns it on by default).
+def _embedded_defaults() -> None:
+    """Settings for a single-machine Ray: no usage stats (they try the network), loopback only,
+    no token auth (Ray 2.60 turns it on by default; a one-user embedded cluster has no use for it)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # With this off, Ray takes 127.0.0.1 as the node address instead of the machine's address.
+    # Ray reads it once, at import; set both the variable (for Ray's child processes) and the
+    # constant (in case Ray was imported before we got here).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(
@@ -45,15 +53,18 @@ def init_ray(
 
     Reuses an already initialised Ray in this process. Returns the cluster's resources.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        _embedded_defaults()
     import ray
 
-    _quiet_local_defaults()
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             log.info("connecting to Ray at %s", address)
             ray.init(address=address, log_to_driver=True)
         else:
+            global _started_here
+            _started_here = True
             log.info("starting an embedded Ray on %s", LOOPBACK)
             ray.init(
                 address="local",
@@ -74,12 +85,9 @@ def cluster_resources() -> ClusterResources:
     gcs = ctx.gcs_address
     total = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    embedded = os.environ.get("RAY_ADDRESS") is None and bool(nodes) and all(
-        n.get("NodeManagerAddress") == LOOPBACK for n in nodes
-    )
     return ClusterResources(
         address=gcs,
-        embedded=embedded,
+        embedded=_started_here,
         num_cpus=float(total.get("CPU", 0.0)),
         num_gpus=float(total.get("GPU", 0.0)),
         num_nodes=len(nodes),
@@ -89,5 +97,7 @@ def cluster_resources() -> ClusterResources:
 def shutdown() -> None:
     import ray
 
+    global _started_here
     if ray.is_initialized():
         ray.shutdown()
+    _started_here = False
