@@ -181,9 +181,11 @@ def available_splits(path: str | os.PathLike) -> list[str]:
 
 
 def guess_kind(path: str | os.PathLike) -> str | None:
-    """'queries', 'corpus' or 'qrels' from a file name (topics.*, collection.tsv, qrels.*), else None."""
-    name = os.fspath(path).rstrip("/").rsplit("/", 1)[-1].lower()
-    if "qrel" in name or name.startswith("prels"):
+    """'queries', 'corpus' or 'qrels' from a file name (topics.*, collection.tsv, qrels.*, or any
+    file in a folder named qrels, as in BEIR's qrels/test.tsv), else None."""
+    parts = os.fspath(path).replace("\\", "/").rstrip("/").rsplit("/", 2)
+    name = parts[-1].lower()
+    if "qrel" in name or name.startswith("prels") or (len(parts) > 1 and parts[-2].lower() == "qrels"):
         return "qrels"
     if any(w in name for w in ("quer", "topic", "question")):
         return "queries"
