@@ -65,7 +65,7 @@ class RelevanceScale:
         return _DESCRIPTIONS[self.n_levels][grade]
 
     def check_grade(self, grade: int) -> int:
-        if isinstance(grade, bool) or int(grade) != grade or not 0 <= grade < self.n_levels:
+        if isinstance(grade, bool) or not isinstance(grade, (int, float)) or int(grade) != grade or not 0 <= grade < self.n_levels:
             raise ValueError(f"grade {grade!r} is not on the {self.n_levels}-level scale {self.grades}")
         return int(grade)
 
