@@ -99,19 +99,30 @@ class QuerySplitConfig(Section):
 
 
 class GroupsConfig(Section):
-    """Training groups: one query, k passages, their grades, from one label source."""
+    """Training groups: one query, k passages, their grades, from one label source.
+
+    See synrank/data/groups.py for what each source reads and how groups are sampled.
+    """
 
     source: Literal["synthetic", "human", "llm", "mixed"] = "synthetic"
     synthetic: str | None = Field(None, description="synthetic passages (generate's output)")
     collection: str | None = Field(None, description="BEIR folder for human/llm/mixed sources")
+    queries: str | None = Field(None, description="query texts (default: the collection's queries)")
     qrels_split: str = "train"
-    query_split: QuerySplitConfig | None = None
+    query_split: QuerySplitConfig | None = Field(
+        None, description="split the judged queries into train/test (default for a one-qrels-file collection)")
     llm_qrels: str | None = None
-    from_levels: int = Field(4, ge=2, le=5)
+    from_levels: int = Field(4, ge=2, le=5, description="scale of the synthetic levels")
+    qrels_levels: int | None = Field(None, ge=2, le=5, description="scale of human/llm grades (default from_levels)")
     n_levels: int = Field(4, ge=2, le=5)
-    group_size: int = Field(4, ge=2)
+    group_size: int = Field(4, ge=1)
+    sampling: Literal["stratified", "uniform"] = "stratified"
     bm25_negatives: int = Field(30, ge=0, description="BM25 top-n to draw negatives from")
     precedence: Literal["human", "llm", "add"] = "human"
+    relabel: bool = Field(True, description="mixed: real positives take real_positive_level, negatives negative_level")
+    real_positive_level: int | None = Field(None, ge=0, description="mixed: default the top level")
+    negative_level: int = Field(1, ge=0, description="mixed: level of BM25 and judged non-relevant real passages")
+    limit: int | None = Field(None, ge=1, description="only the first N queries")
     seed: int = 0
     out: str | None = None
 
@@ -119,8 +130,11 @@ class GroupsConfig(Section):
     @classmethod
     def _coarser(cls, v: int, info: Any) -> int:
         start = info.data.get("from_levels", 4)
+        key = "from_levels"
+        if info.data.get("source") in ("human", "llm") and info.data.get("qrels_levels"):
+            start, key = info.data["qrels_levels"], "qrels_levels"
         if v > start:
-            raise ValueError(f"n_levels={v} is finer than from_levels={start}; levels can only be collapsed")
+            raise ValueError(f"n_levels={v} is finer than {key}={start}; levels can only be collapsed")
         return v
 
 
@@ -150,6 +164,10 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
     fail_at_step: int | None = Field(None, description="test-only: a worker raises at this step once")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping (None: off)")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the encoder's dropout")
+    report_every: int = Field(1, ge=1, description="report metrics to Ray Train every N steps")
 
 
 class EvaluateConfig(Section):

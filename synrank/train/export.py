@@ -1,0 +1,74 @@
+"""What a finished run leaves in its output directory:
+
+- ``model/``: a sentence-transformers directory (``SentenceTransformer(path)`` loads it and gives
+  the same embeddings as ``synrank.encoder.BiEncoder.load(path)``), from the final checkpoint;
+- ``train_config.yaml``: the resolved training config (every default filled in, the groups path,
+  the group size and the number of steps actually used);
+- ``curve.json`` (per-step metrics: loss, lr, examples/s, ...) and ``curve.png`` (loss per step,
+  learning rate on a second axis).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from synrank.config import TrainConfig, to_yaml
+from synrank.data.atomic import write_json, write_text
+
+MODEL_DIR = "model"
+CONFIG_FILE = "train_config.yaml"
+CURVE_JSON = "curve.json"
+CURVE_PNG = "curve.png"
+
+
+def export_model(checkpoint_dir: str, config: TrainConfig, out_dir: str) -> str:
+    """Load the encoder weights of a checkpoint and write them as a sentence-transformers dir."""
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import MODEL_FILE
+
+    encoder = BiEncoder(config.encoder)
+    state = torch.load(os.path.join(checkpoint_dir, MODEL_FILE), map_location="cpu")
+    encoder.load_state_dict(state)
+    target = Path(out_dir) / MODEL_DIR
+    encoder.save(target)
+    return str(target)
+
+
+def write_config(config: TrainConfig, out_dir: str) -> str:
+    path = str(Path(out_dir) / CONFIG_FILE)
+    write_text(to_yaml(config), path)
+    return path
+
+
+def write_curve(history: Sequence[dict[str, Any]], out_dir: str, title: str = "") -> tuple[str, str]:
+    """curve.json and curve.png of the per-step metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    json_path = str(Path(out_dir) / CURVE_JSON)
+    png_path = str(Path(out_dir) / CURVE_PNG)
+    write_json({"steps": list(history)}, json_path)
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", marker="." if len(steps) < 60 else None,
+            label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if history and "lr" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h["lr"] for h in history], color="tab:orange", alpha=0.7, label="learning rate")
+        ax2.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title(title or "training curve")
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return json_path, png_path

@@ -1,0 +1,463 @@
+"""The per-worker training loop.
+
+``train_loop_per_worker(loop_config)`` is what Ray Train's ``TorchTrainer`` runs on each worker (and
+what a Ray Tune trial passes to the ``TorchTrainer`` it builds); ``run(config, groups_path)`` runs
+the same loop in this process without Ray (one worker), for tests and debugging.
+
+One step, per worker:
+
+1. collate this worker's ``batch_size`` groups (queries and their passages) and the global labels;
+2. encode queries and passages (one DDP forward through the shared encoder);
+3. all-gather query and passage embeddings *with gradients* (``gather_with_grad``), so every
+   worker holds the embeddings of the global batch;
+4. score every query of the global batch against every passage slot of the global batch, and
+   compute the loss on that ``[B_global, N]`` matrix -- the same value on every worker, equal to the
+   loss one process would compute on the concatenated batch (so batch-level losses such as
+   ``sycl_w2`` are exact too);
+5. backward: the gather's backward sums the gradients of all workers and keeps this worker's
+   share, so each worker's gradient is ``world_size`` times its part of ``dLoss/dparams`` and DDP's
+   average is exactly ``dLoss/dparams``.
+
+The loss is run on a detached copy of the scores and its gradient fed back (``scores.backward``), so
+the time spent in the loss (forward and backward) is measured exactly at no extra cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from synrank.config import TrainConfig
+from synrank.encoder import BiEncoder
+from synrank.train.collate import Batch, BatchPlan, GroupData, collate
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "trainer.pt"
+
+
+class InjectedFault(RuntimeError):
+    """The test-only failure of ``TrainConfig.fail_at_step``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# gathering with gradients
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward sums the incoming gradients of every worker and returns
+    this worker's rows (all_reduce + slice: works on gloo, which has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        x = x.contiguous()
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x)
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` of every worker (rank order) along dim 0, differentiably; identity alone."""
+    return _GatherWithGrad.apply(x) if _distributed() else x
+
+
+# --------------------------------------------------------------------------------------------------
+# model pieces
+
+
+class Towers(nn.Module):
+    """One forward for queries and passages through the shared encoder (one DDP call per step)."""
+
+    def __init__(self, encoder: BiEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, queries: dict[str, torch.Tensor], passages: dict[str, torch.Tensor] | None):
+        q = self.encoder(queries)
+        p = self.encoder(passages) if passages is not None else q.new_zeros((0, q.shape[1]))
+        return q, p
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+
+
+def freeze_unused(encoder: BiEncoder) -> list[str]:
+    """Freeze parameters that never get a gradient (e.g. BERT's pooler, which mean/CLS pooling of
+    the last hidden state does not use), found by one tiny backward in eval mode. DDP then needs no
+    ``find_unused_parameters`` and the optimizer keeps no state for them."""
+    was = encoder.training
+    encoder.eval()
+    encoder.zero_grad(set_to_none=True)
+    encoder.embed(["probe", "a longer probe text"], "passage").sum().backward()
+    frozen = []
+    for name, p in encoder.named_parameters():
+        if p.requires_grad and p.grad is None:
+            p.requires_grad_(False)
+            frozen.append(name)
+    encoder.zero_grad(set_to_none=True)
+    encoder.train(was)
+    return frozen
+
+
+def build_encoder(config: TrainConfig) -> BiEncoder:
+    encoder = BiEncoder(config.encoder)
+    if config.dropout is not None:
+        set_dropout(encoder, config.dropout)
+    return encoder
+
+
+def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch.device) -> torch.Tensor:
+    """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch."""
+    q_feat = {k: v.to(device) for k, v in encoder.tokenize(batch.queries, "query").items()}
+    p_feat = ({k: v.to(device) for k, v in encoder.tokenize(batch.passages, "passage").items()}
+              if batch.passages else None)
+    q, p = model(q_feat, p_feat)
+    slots = q.new_zeros((batch.n_queries * batch.group_size, q.shape[1]))
+    slots = slots.index_copy(0, batch.slots.to(device), p.to(slots.dtype))
+    local = torch.cat([q, slots], dim=0)
+    gathered = gather_with_grad(local)
+    world = gathered.shape[0] // local.shape[0]
+    gathered = gathered.view(world, local.shape[0], -1)
+    q_all = gathered[:, : batch.n_queries].reshape(-1, q.shape[1])
+    p_all = gathered[:, batch.n_queries :].reshape(-1, q.shape[1])
+    return q_all.float() @ p_all.float().T
+
+
+def build_loss(config: TrainConfig):
+    from synrank.losses import build, params
+
+    kwargs = dict(config.loss_params)
+    valid = params(config.loss)
+    kwargs.setdefault("positive_threshold", config.positive_threshold)
+    if "seed" in valid:
+        kwargs.setdefault("seed", config.seed)
+    return build(config.loss, **kwargs)
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Linear warmup over ceil(warmup_ratio * total) steps (the first step already gets a non-zero
+    rate), then linear decay towards 0 at the end of the run."""
+    warmup = int(math.ceil(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------------------------------
+# contexts: Ray Train or this process
+
+
+class Context:
+    """What the loop needs from its runner."""
+
+    rank = 0
+    world_size = 1
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
+        return contextlib.nullcontext(None)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
+        pass
+
+
+class LocalContext(Context):
+    """No Ray: one worker in this process; checkpoints (if a directory is given) are kept as
+    ``<checkpoints>/checkpoint_<step>`` and the latest is resumed."""
+
+    def __init__(self, checkpoints: str | None = None, use_gpu: bool = False) -> None:
+        self.checkpoints = Path(checkpoints) if checkpoints else None
+        self.reports: list[dict[str, Any]] = []
+        self.use_gpu = use_gpu
+
+    def device(self) -> torch.device:
+        return torch.device("cuda") if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def latest(self) -> str | None:
+        if self.checkpoints is None or not self.checkpoints.is_dir():
+            return None
+        found = sorted(p for p in self.checkpoints.glob("checkpoint_*") if (p / STATE_FILE).exists())
+        return str(found[-1]) if found else None
+
+    def checkpoint_dir(self):
+        return contextlib.nullcontext(self.latest())
+
+    def report(self, metrics, checkpoint_dir, step):
+        self.reports.append(dict(metrics))
+        if checkpoint_dir and self.checkpoints is not None:
+            import shutil
+
+            dest = self.checkpoints / f"checkpoint_{step:07d}"
+            shutil.rmtree(dest, ignore_errors=True)
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(checkpoint_dir, dest)
+
+
+class RayContext(Context):
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+        else:
+            with ckpt.as_directory() as d:
+                yield d
+
+    def report(self, metrics, checkpoint_dir, step):
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_{step:07d}" if checkpoint_dir else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches consumed: the data position
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[int] = field(default_factory=list)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fault_marker(out_dir: str | None, step: int) -> str | None:
+    return os.path.join(out_dir, f".fault_injected_at_{step}") if out_dir else None
+
+
+def _inject_fault(marker: str, rank: int, world: int, step: int) -> None:
+    """Test-only (``fail_at_step``): the last worker raises once, at the start of ``step``.
+
+    Every worker first meets at a barrier, so rank 0 has finished reporting the previous step (and
+    its checkpoint); the failing worker then waits a little longer than the Train controller's
+    poll interval, so that checkpoint is registered before the failure is seen, as it would be for
+    any failure that comes some time after a checkpoint."""
+    if world > 1:
+        dist.barrier()
+    if rank != world - 1:
+        return
+    time.sleep(float(os.environ.get("SYNRANK_FAULT_DELAY_S", "3")))
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).write_text(f"worker {rank} failed at step {step}\n")
+    raise InjectedFault(f"test fault: worker {rank} fails at step {step} (fail_at_step)")
+
+
+def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str | None = None) -> dict[str, Any]:
+    """Train on ``groups_path`` under ``ctx``; returns {"history": [...], "resumes": [...], ...}."""
+    rank, world = ctx.rank, ctx.world_size
+    device = ctx.device()
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpus_per_worker)
+    _seed_everything(config.seed + rank)
+
+    data = GroupData.from_path(groups_path)
+    k = config.group_size or data.max_group_size
+    plan = BatchPlan(len(data), config.batch_size, world, config.seed)
+    steps_per_epoch = plan.per_epoch // config.grad_accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(data)} groups give {plan.per_epoch} global batch(es) per epoch, fewer than "
+                         f"grad_accumulation={config.grad_accumulation}")
+    total = config.max_steps or config.epochs * steps_per_epoch
+
+    encoder = build_encoder(config)
+    frozen = freeze_unused(encoder)
+    if frozen and rank == 0:
+        log.info("frozen (no gradient reaches them): %s", ", ".join(frozen))
+    encoder.to(device)
+    encoder.train()
+    towers = Towers(encoder)
+    model: nn.Module = towers
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            towers, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(_param_groups(towers, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
+    loss_fn = build_loss(config)
+
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+
+    state = LoopState()
+    with ctx.checkpoint_dir() as ckpt:
+        if ckpt is not None:
+            encoder.load_state_dict(torch.load(os.path.join(ckpt, MODEL_FILE), map_location=device))
+            saved = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if scaler is not None and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+            state = LoopState(saved["step"], saved["micro"], list(saved["history"]), list(saved["resumes"]))
+            state.resumes.append(state.step)
+            if world == 1 and saved.get("torch_rng") is not None:
+                torch.set_rng_state(saved["torch_rng"])
+            else:
+                torch.manual_seed(config.seed + rank + 7919 * state.step)
+            if rank == 0:
+                log.info("resumed from the checkpoint at step %d (data position %d)", state.step, state.micro)
+
+    fault_marker = _fault_marker(out_dir, config.fail_at_step) if config.fail_at_step else None
+    queries_per_step = config.batch_size * world * config.grad_accumulation
+
+    while state.step < total:
+        if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
+                and not os.path.exists(fault_marker)):
+            _inject_fault(fault_marker, rank, world, state.step + 1)
+
+        t0 = time.perf_counter()
+        loss_total, loss_time = 0.0, 0.0
+        for a in range(config.grad_accumulation):
+            micro = state.micro + a
+            batch = collate(data, plan.global_indices(micro), rank, world, k,
+                            in_batch_negatives=config.in_batch_negatives, seed=config.seed,
+                            epoch=plan.epoch_of(micro))
+            sync = (model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
+                    and a < config.grad_accumulation - 1 else contextlib.nullcontext())
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    scores = scores_for(model, encoder, batch, device)
+                t1 = time.perf_counter()
+                leaf = scores.detach().requires_grad_(True)
+                loss = loss_fn(leaf, batch.labels.to(device), batch.mask.to(device))
+                scaled = loss / config.grad_accumulation
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss_value = float(loss.detach())
+                loss_time += time.perf_counter() - t1
+                scores.backward(leaf.grad)
+            loss_total += loss_value
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(towers.parameters(), config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+
+        state.step += 1
+        state.micro += config.grad_accumulation
+        metrics = {
+            "step": state.step,
+            "epoch": state.micro / plan.per_epoch,
+            "loss": loss_total / config.grad_accumulation,
+            "lr": lr,
+            "examples_per_s": queries_per_step / dt,
+            "step_time_s": dt,
+            "loss_time_fraction": loss_time / dt,
+        }
+        state.history.append(metrics)
+        last = state.step == total
+        checkpoint = state.step % config.checkpoint_every == 0 or last
+        if checkpoint or last or state.step % config.report_every == 0:
+            with tempfile.TemporaryDirectory(prefix="synrank-ckpt-") as tmp:
+                ckpt_dir = None
+                if checkpoint and rank == 0:
+                    ckpt_dir = tmp
+                    torch.save(encoder.state_dict(), os.path.join(tmp, MODEL_FILE))
+                    torch.save({
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "step": state.step,
+                        "micro": state.micro,
+                        "history": state.history,
+                        "resumes": state.resumes,
+                        "torch_rng": torch.get_rng_state(),
+                        "config": config.model_dump(mode="json"),
+                    }, os.path.join(tmp, STATE_FILE))
+                ctx.report(metrics, ckpt_dir, state.step)
+    return {"history": state.history, "resumes": state.resumes, "group_size": k, "total_steps": total,
+            "n_groups": len(data)}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The Ray Train entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=...)``.
+
+    ``loop_config`` (see ``synrank.train.trainer.loop_config``): ``train`` (a TrainConfig as a
+    dict), ``groups_path``, and ``out_dir`` (for the test-only fault marker). Returns the history
+    on rank 0 (Ray Train's ``Result.return_value``).
+    """
+    config = TrainConfig.model_validate(loop_config["train"])
+    ctx = RayContext()
+    out = train_loop(config, loop_config["groups_path"], ctx, loop_config.get("out_dir"))
+    return out if ctx.rank == 0 else None
+
+
+def run(config: TrainConfig, groups_path: str, *, checkpoints: str | None = None,
+        out_dir: str | None = None) -> tuple[dict[str, Any], LocalContext]:
+    """The loop in this process, without Ray (one worker)."""
+    ctx = LocalContext(checkpoints, use_gpu=config.use_gpu)
+    return train_loop(config, groups_path, ctx, out_dir), ctx

@@ -1,0 +1,174 @@
+"""Ray Train: the TorchTrainer around the per-worker loop, checkpoints, faults and export.
+
+>>> result = fit(TrainConfig(loss="wasserstein", num_workers=2), "groups.parquet", "runs/w2")
+>>> result.model_dir            # a sentence-transformers directory
+>>> result.metrics_history[-1]  # {"step": ..., "loss": ..., "lr": ..., "examples_per_s": ...}
+
+Inside a Ray Tune trial build the trainer yourself and pass Tune's callback through the run config::
+
+    trainer = build_trainer(config, groups, out, run_config_overrides={
+        "callbacks": [TuneReportCallback()], "name": "train", "storage_path": trial_dir})
+    result = trainer.fit()
+    finish(result, config, groups, out)          # export model, config, curve -> TrainResult
+
+or simply call ``fit(config, groups, out, run_config_overrides={...})``, which does both.
+
+Checkpoints go to ``<storage_path>/<name>/checkpoint_<step>`` (default ``<out_dir>/ray/train``),
+every ``checkpoint_every`` steps and at the end, keeping ``keep_checkpoints``. A worker that dies
+costs at most the steps since the last checkpoint (``max_failures`` restarts); running ``fit`` again
+on the same output directory resumes the run from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from synrank.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    checkpoint: Any  # ray.train.Checkpoint of the final state
+    metrics_history: list[dict[str, Any]]
+    resumes: list[int] = field(default_factory=list)  # the step each restart resumed from
+    config: TrainConfig | None = None
+    out_dir: str = ""
+
+
+def _abs(path: str) -> str:
+    return path if "://" in str(path) else os.path.abspath(os.fspath(path))
+
+
+def groups_shape(groups_path: str) -> tuple[int, int]:
+    """(number of groups, largest group) from the grades column only (no texts in the driver)."""
+    import fsspec
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from synrank.data.groups import GroupsError
+
+    fs, path = fsspec.core.url_to_fs(str(groups_path))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"training groups {groups_path}: no such file (build them with `synrank groups`)")
+    try:
+        grades = pq.read_table(path, columns=["grades"], filesystem=fs).column("grades")
+    except Exception as exc:  # pyarrow raises several kinds for a bad file
+        raise GroupsError(f"{groups_path}: not a training-groups Parquet file: {exc}") from exc
+    if len(grades) == 0:
+        raise GroupsError(f"{groups_path}: no training groups (0 rows)")
+    return len(grades), int(pc.max(pc.list_value_length(grades)).as_py())
+
+
+def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
+    """Check the config against the groups before any worker starts, and fill in what the run will
+    use: the groups path, the output directory, the group size and the number of steps."""
+    from synrank.train.loop import build_loss
+
+    build_loss(config)  # unknown loss or parameter: a clear error now, not in a worker
+    n, k = groups_shape(groups_path)
+    global_batch = config.batch_size * config.num_workers
+    per_epoch = (n // global_batch) // config.grad_accumulation
+    if per_epoch == 0:
+        raise ValueError(f"{n} training groups are fewer than one optimizer step needs: batch_size "
+                         f"{config.batch_size} x {config.num_workers} worker(s) x grad_accumulation "
+                         f"{config.grad_accumulation} = {global_batch * config.grad_accumulation}")
+    if config.fail_at_step is not None and config.max_failures == 0:
+        log.warning("fail_at_step=%s with max_failures=0: the run will fail", config.fail_at_step)
+    return config.model_copy(update={
+        "groups": str(groups_path),
+        "out": str(out_dir),
+        "group_size": config.group_size or k,
+        "max_steps": config.max_steps or config.epochs * per_epoch,
+    })
+
+
+def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
+    """The ``train_loop_config`` of ``train_loop_per_worker``."""
+    return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
+
+
+def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None):
+    """A ``TorchTrainer`` for ``config`` (gloo on CPU, NCCL on GPU); not started."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from synrank.train.loop import train_loop_per_worker
+
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    run_kwargs: dict[str, Any] = {
+        "name": RUN_NAME,
+        "storage_path": _abs(os.path.join(out_dir, "ray")) if "://" not in str(out_dir) else f"{out_dir}/ray",
+        "checkpoint_config": CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        "failure_config": FailureConfig(max_failures=config.max_failures),
+    }
+    run_kwargs.update(run_config_overrides or {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(config, groups_path, out_dir),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=RunConfig(**run_kwargs),
+    )
+
+
+def _saved_state(checkpoint) -> dict[str, Any]:
+    import torch
+
+    from synrank.train.loop import STATE_FILE
+
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def finish(result, config: TrainConfig, groups_path: str, out_dir: str, export: bool = True) -> TrainResult:
+    """Turn a finished Ray Train ``Result`` into a TrainResult: export the model from the final
+    checkpoint, write the resolved config and the training curve."""
+    from synrank.train.export import export_model, write_config, write_curve
+
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training in {out_dir} finished without a checkpoint")
+    returned = result.return_value or {}
+    history = returned.get("history")
+    resumes = returned.get("resumes", [])
+    if history is None:  # e.g. an already finished run resumed: read it from the final checkpoint
+        saved = _saved_state(result.checkpoint)
+        history, resumes = saved["history"], saved["resumes"]
+    os.makedirs(out_dir, exist_ok=True) if "://" not in str(out_dir) else None
+    model_dir = ""
+    if export:
+        with result.checkpoint.as_directory() as d:
+            model_dir = export_model(d, config, out_dir)
+    write_config(config, out_dir)
+    write_curve(history, out_dir, title=f"{config.loss} on {os.path.basename(str(groups_path))}")
+    return TrainResult(model_dir, result.checkpoint, list(history), list(resumes), config, str(out_dir))
+
+
+def fit(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None, *,
+        export: bool = True) -> TrainResult:
+    """Train on Ray Train and export; see the module doc. Starts an embedded Ray if none is
+    connected (``synrank.runtime.init_ray``)."""
+    import ray
+
+    from synrank.runtime import init_ray
+
+    config = resolve(config, groups_path, out_dir)
+    if not ray.is_initialized():
+        init_ray()
+    trainer = build_trainer(config, groups_path, out_dir, run_config_overrides)
+    log.info("training %s on %s with %d worker(s), %d steps, out %s", config.loss, groups_path,
+             config.num_workers, config.max_steps, out_dir)
+    result = trainer.fit()
+    return finish(result, config, groups_path, out_dir, export=export)
