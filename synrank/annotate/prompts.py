@@ -52,6 +52,8 @@ class JudgePrompt:
     version: str
     messages: tuple[dict[str, str], ...]
     choices: tuple[str, ...]
+    query: str = ""  # the (clipped) texts the messages hold, for judges that are not chat models
+    passage: str = ""
 
     @property
     def text(self) -> str:
@@ -98,10 +100,12 @@ def clip(text: str | None, limit: int) -> str:
 def build_prompt(query: str, passage: str, n_levels: int = 4, version: str = DEFAULT_VERSION) -> JudgePrompt:
     system, user = _TEMPLATES[check_version(version)]
     scale = RelevanceScale(n_levels)
+    query = clip(query, MAX_QUERY_CHARS)
+    passage = clip(passage, MAX_PASSAGE_CHARS) or "(empty passage)"
     content = user.format(
         scale=scale_text(n_levels),
-        query=clip(query, MAX_QUERY_CHARS),
-        passage=clip(passage, MAX_PASSAGE_CHARS) or "(empty passage)",
+        query=query,
+        passage=passage,
         first=scale.grades[0],
         last=scale.top,
     )
@@ -109,7 +113,7 @@ def build_prompt(query: str, passage: str, n_levels: int = 4, version: str = DEF
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": content})
-    return JudgePrompt(version, tuple(messages), tuple(str(g) for g in scale.grades))
+    return JudgePrompt(version, tuple(messages), tuple(str(g) for g in scale.grades), query, passage)
 
 
 def render(prompt: JudgePrompt, tokenizer=None) -> str:

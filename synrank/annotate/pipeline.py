@@ -1,0 +1,477 @@
+"""Judging (query, passage) pairs with an LLM: resumable, sharded, atomic; failures are recorded.
+
+>>> result = annotate(AnnotateConfig(collection="../shared/data/cranfield", out="runs/ann", limit=5))
+>>> result.qrels_path          # runs/ann/qrels.parquet: source=llm labels
+>>> result.failures_path       # runs/ann/failures.parquet: pairs the judge never graded
+
+The lower-level `judge_pairs(pairs, out, judge, ...)` takes any table of pairs (query_id, doc_id,
+query, passage, plus columns passed through, e.g. a synthetic passage's intended `level`); the
+annotation run and the consistency check of synthetic data both use it.
+
+Requests: one (query, passage) pair per request, with the versioned prompt of
+`synrank.annotate.prompts`. The first attempt decodes greedily; when the judge supports choice
+decoding (vLLM structured outputs) the answer is constrained to one of the grades. An answer the
+strict parser (`synrank.annotate.parse`) rejects is asked again, up to `max_retries` more times,
+with sampling (temperature > 0, so that the answer can change); a pair still without a grade is
+recorded as a failure with every raw answer it got, never given a guessed grade.
+
+Output folder layout (local path or fsspec URL):
+
+- ``manifest.json``: what this folder is (model, prompt version and fingerprint, scale, shard size,
+  hash of the pair list). A rerun with a different identity refuses to mix labels (`overwrite`
+  starts over).
+- ``pairs.parquet``: the pairs to judge (keys and pass-through columns, no texts), written once;
+  a rerun judges exactly these, even if candidate selection would now give others.
+- ``shards/part-NNNNN.parquet``: judgments of the queries of shard N (`shard_size` queries each),
+  every pair of the shard, graded or failed. A shard file appears by atomic rename once complete;
+  a rerun skips complete shards and redoes the rest. A crash loses at most the shards in flight,
+  and a pair is in exactly one shard, so nothing is duplicated.
+- ``qrels.parquet`` (QRELS columns, source=llm, then model, prompt_version, raw_answer, attempts
+  and the pass-through columns), ``failures.parquet`` and ``summary.json``, rebuilt from the
+  shards at the end of every run (each atomically; ``summary.json`` last, so its presence
+  means the run completed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from synrank.annotate.parse import parse_answer
+from synrank.annotate.prompts import JudgePrompt, build_prompt, check_version, fingerprint
+from synrank.data import schemas
+from synrank.data.atomic import exists, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+# Columns of a judgment (one per pair) in the shard files, before pass-through columns.
+JUDGMENT_FIELDS = [
+    pa.field("query_id", pa.string()),
+    pa.field("doc_id", pa.string()),
+    pa.field("grade", pa.int32()),  # null when the pair failed
+    pa.field("source", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("prompt_version", pa.string()),
+    pa.field("raw_answer", pa.string()),  # the answer the grade came from, or the last one
+    pa.field("status", pa.string()),  # ok | failed
+    pa.field("attempts", pa.int32()),
+    pa.field("reason", pa.string()),  # the parser's verdict on raw_answer
+    pa.field("answers", pa.list_(pa.string())),  # every raw answer, in order
+]
+JUDGMENT_NAMES = [f.name for f in JUDGMENT_FIELDS]
+TEXT_COLUMNS = ("query", "passage")
+RETRY_TEMPERATURE = 0.7
+MANIFEST_VERSION = 1
+
+
+class AnnotateError(ValueError):
+    """A problem with the annotation run's inputs or output folder."""
+
+
+# --------------------------------------------------------------------------------------------
+# judges
+
+
+class Judge(Protocol):
+    """Anything that answers judging prompts: `model` names it in the output, `choice` says whether
+    it constrains answers to the prompt's choices."""
+
+    model: str
+
+    def __call__(self, prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
+        """One raw answer per prompt, in order. `attempt` 0 is the first try (greedy), >0 retries."""
+        ...
+
+
+@dataclass
+class FunctionJudge:
+    """A judge from a plain function `fn(prompts, attempt) -> answers`: rule-based judges, API
+    clients, tests."""
+
+    fn: Callable[[Sequence[JudgePrompt], int], list[str]]
+    model: str = "function"
+
+    def __call__(self, prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
+        return list(self.fn(prompts, attempt))
+
+
+# --------------------------------------------------------------------------------------------
+# judging one batch
+
+
+@dataclass
+class _Pending:
+    index: int
+    prompt: JudgePrompt
+    answers: list[str] = field(default_factory=list)
+    grade: int | None = None
+    reason: str = "not judged"
+
+
+def judge_prompts(prompts: Sequence[JudgePrompt], judge: Judge, n_levels: int, max_retries: int
+                  ) -> list[_Pending]:
+    """Judge every prompt: first attempt for all, then retries for the unparseable ones only."""
+    items = [_Pending(i, p) for i, p in enumerate(prompts)]
+    todo = items
+    for attempt in range(max_retries + 1):
+        if not todo:
+            break
+        answers = judge([it.prompt for it in todo], attempt)
+        if len(answers) != len(todo):
+            raise RuntimeError(f"judge {judge.model!r} returned {len(answers)} answers for {len(todo)} prompts")
+        for it, answer in zip(todo, answers):
+            text = answer if isinstance(answer, str) else ("" if answer is None else str(answer))
+            it.answers.append(text)
+            parsed = parse_answer(text, n_levels)
+            it.grade, it.reason = parsed.grade, parsed.reason
+        todo = [it for it in todo if it.grade is None]
+        if todo and attempt < max_retries:
+            log.info("%d answer(s) unparseable, retry %d of %d", len(todo), attempt + 1, max_retries)
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# output folder
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    import fsspec
+
+    with fsspec.open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _list_shards(out: str) -> set[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(_join(out, "shards"))
+    if not fs.exists(path):
+        return set()
+    return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".parquet")}
+
+
+def _remove_tree(path: str) -> None:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def _pairs_hash(keys: Sequence[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for q, d in keys:
+        h.update(q.encode())
+        h.update(b"\x1f")
+        h.update(d.encode())
+        h.update(b"\x1e")
+    return h.hexdigest()[:16]
+
+
+def _shards(query_ids: Sequence[str], shard_size: int) -> list[list[str]]:
+    order = list(dict.fromkeys(query_ids))
+    return [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
+
+
+@dataclass
+class JudgeResult:
+    out: str
+    qrels_path: str
+    failures_path: str
+    summary_path: str
+    summary: dict[str, Any]
+
+    @property
+    def qrels(self) -> pa.Table:
+        return pq.read_table(self.qrels_path) if exists(self.qrels_path) else pa.table({})
+
+
+def _check_pairs(pairs: pa.Table) -> None:
+    needed = ["query_id", "doc_id", *TEXT_COLUMNS]
+    missing = [c for c in needed if c not in pairs.column_names]
+    if missing:
+        raise AnnotateError(f"pairs table lacks column(s) {missing}; expected {needed} (+ pass-through columns)")
+    clash = [c for c in pairs.column_names if c in JUDGMENT_NAMES and c not in ("query_id", "doc_id")]
+    if clash:
+        raise AnnotateError(f"pairs table column(s) {clash} clash with the judgment columns")
+    keys = list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()))
+    if any(q is None or d is None for q, d in keys):
+        raise AnnotateError("pairs table has a null query_id or doc_id")
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise AnnotateError(f"pairs table has the pair {dup} more than once")
+
+
+def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: bool) -> pa.Table:
+    """Write or check manifest.json and pairs.parquet; return the pairs (without texts) to judge."""
+    manifest_path = _join(out, "manifest.json")
+    pairs_path = _join(out, "pairs.parquet")
+    keys_only = pairs.drop_columns(list(TEXT_COLUMNS))
+    if overwrite:
+        for name in ("shards", "qrels.parquet", "failures.parquet", "summary.json", "pairs.parquet", "manifest.json"):
+            _remove_tree(_join(out, name))
+    if exists(manifest_path):
+        old = _read_json(manifest_path)
+        changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+        if changed:
+            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise AnnotateError(f"{out} holds judgments of a different run ({detail}); "
+                                "use another output folder, or overwrite to start over")
+        if not exists(pairs_path):
+            raise AnnotateError(f"{out}: manifest.json without pairs.parquet; overwrite to start over")
+        return pq.read_table(pairs_path) if "://" not in out else _read_parquet(pairs_path)
+    if _list_shards(out):
+        raise AnnotateError(f"{out}/shards has files but no manifest.json; overwrite to start over")
+    write_parquet(keys_only, pairs_path)
+    write_json({**identity, "manifest_version": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+               manifest_path)
+    return keys_only
+
+
+def _read_parquet(path: str) -> pa.Table:
+    import fsspec
+
+    with fsspec.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def _judgment_schema(passthrough: pa.Schema) -> pa.Schema:
+    return pa.schema(JUDGMENT_FIELDS + [f for f in passthrough if f.name not in JUDGMENT_NAMES])
+
+
+def judge_pairs(
+    pairs: pa.Table,
+    out: str,
+    judge: Judge,
+    *,
+    n_levels: int = 4,
+    prompt_version: str = "v1",
+    max_retries: int = 2,
+    shard_size: int = 16,
+    shards_per_call: int = 1,
+    overwrite: bool = False,
+    identity: dict[str, Any] | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> JudgeResult:
+    """Judge every pair of `pairs` into `out` (see the module docstring), resuming what is there.
+
+    `pairs`: query_id, doc_id, query, passage (texts), plus pass-through columns (kept in the
+    output). `shards_per_call`: shards judged in one call to the judge (a bigger batch for the
+    engines); each is still written as soon as its call returns. `identity`: extra manifest
+    entries a rerun must match (the caller's candidate settings). `on_shard(done, total)` is
+    called after each shard is written.
+    """
+    check_version(prompt_version)
+    _check_pairs(pairs)
+    keys = list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()))
+    ident = {
+        "model": judge.model,
+        "prompt_version": prompt_version,
+        "prompt_fingerprint": fingerprint(prompt_version, n_levels),
+        "n_levels": n_levels,
+        "max_retries": max_retries,
+        "shard_size": shard_size,
+        "n_pairs": len(keys),
+        "pairs_hash": _pairs_hash(keys),
+        **(identity or {}),
+    }
+    stored = _prepare(out, pairs, ident, overwrite)
+    stored_keys = list(zip(stored.column("query_id").to_pylist(), stored.column("doc_id").to_pylist()))
+    if stored_keys != keys:  # the hash matched, so this only guards against a hand-edited folder
+        raise AnnotateError(f"{out}/pairs.parquet does not hold the pairs of this run; overwrite to start over")
+
+    passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
+    schema = _judgment_schema(passthrough.schema)
+    queries = pairs.column("query").to_pylist()
+    passages = pairs.column("passage").to_pylist()
+    rows_of: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(keys):
+        rows_of.setdefault(q, []).append(i)
+    shards = _shards([q for q, _ in keys], shard_size)
+    done = _list_shards(out)
+    pending = [i for i in range(len(shards)) if shard_name(i) not in done]
+    unknown = done - {shard_name(i) for i in range(len(shards))}
+    if unknown:
+        raise AnnotateError(f"{out}/shards has files this run does not make: {sorted(unknown)[:3]}")
+    log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, len(keys), len(shards),
+             len(shards) - len(pending), len(pending))
+
+    finished = len(shards) - len(pending)
+    for start in range(0, len(pending), max(1, shards_per_call)):
+        group = pending[start : start + max(1, shards_per_call)]
+        rows = [r for s in group for q in shards[s] for r in rows_of[q]]
+        prompts = [build_prompt(queries[r], passages[r], n_levels, prompt_version) for r in rows]
+        t0 = time.perf_counter()
+        results = judge_prompts(prompts, judge, n_levels, max_retries)
+        log.info("judged %d pairs in %.1f s", len(rows), time.perf_counter() - t0)
+        by_row = dict(zip(rows, results))
+        for s in group:
+            shard_rows = [r for q in shards[s] for r in rows_of[q]]
+            table = _judgment_table([by_row[r] for r in shard_rows], [keys[r] for r in shard_rows],
+                                    passthrough.take(shard_rows), schema, judge.model, prompt_version)
+            write_parquet(table, _join(out, "shards", shard_name(s)))
+            finished += 1
+            if on_shard:
+                on_shard(finished, len(shards))
+    return finalize(out, keys, schema, ident)
+
+
+def _judgment_table(results: list[_Pending], keys: list[tuple[str, str]], passthrough: pa.Table,
+                    schema: pa.Schema, model: str, prompt_version: str) -> pa.Table:
+    n = len(results)
+    raw = []
+    for it in results:
+        if it.grade is not None:
+            raw.append(it.answers[-1])  # the grade always comes from the last answer
+        else:
+            raw.append(it.answers[-1] if it.answers else None)
+    cols: dict[str, Any] = {
+        "query_id": [k[0] for k in keys],
+        "doc_id": [k[1] for k in keys],
+        "grade": [it.grade for it in results],
+        "source": ["llm"] * n,
+        "model": [model] * n,
+        "prompt_version": [prompt_version] * n,
+        "raw_answer": raw,
+        "status": ["ok" if it.grade is not None else "failed" for it in results],
+        "attempts": [len(it.answers) for it in results],
+        "reason": [it.reason for it in results],
+        "answers": [it.answers for it in results],
+    }
+    for name in passthrough.column_names:
+        cols[name] = passthrough.column(name)
+    return pa.table(cols, schema=schema)
+
+
+def read_judgments(out: str) -> pa.Table:
+    """Every shard of an output folder, in shard order (one row per judged pair)."""
+    names = sorted(_list_shards(out))
+    tables = [_read_parquet(_join(out, "shards", n)) for n in names]
+    if not tables:
+        return pa.schema(JUDGMENT_FIELDS).empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def finalize(out: str, keys: Sequence[tuple[str, str]], schema: pa.Schema, identity: dict[str, Any]) -> JudgeResult:
+    """Check that the shards hold every pair exactly once; write qrels, failures and summary."""
+    table = read_judgments(out)
+    got = list(zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()))
+    if len(set(got)) != len(got):
+        raise AnnotateError(f"{out}: a pair appears in more than one shard; the folder was edited by hand")
+    if set(got) != set(keys):
+        missing = len(set(keys) - set(got))
+        extra = len(set(got) - set(keys))
+        raise AnnotateError(f"{out}: the shards hold {extra} unexpected pair(s) and miss {missing}")
+    ok_mask = pc.equal(table.column("status"), "ok")
+    ok = table.filter(ok_mask)
+    failed = table.filter(pc.invert(ok_mask))
+    qrels = schemas.conform(ok.drop_columns(["status", "reason", "answers"]), schemas.QRELS, f"{out}/qrels")
+    failures = failed.drop_columns(["grade", "source"])
+    qrels_path = _join(out, "qrels.parquet")
+    failures_path = _join(out, "failures.parquet")
+    summary_path = _join(out, "summary.json")
+    write_parquet(qrels, qrels_path)
+    write_parquet(failures, failures_path)
+    grades = pc.value_counts(ok.column("grade")).to_pylist() if ok.num_rows else []
+    attempts = table.column("attempts").to_pylist()
+    summary = {
+        **identity,
+        "pairs": table.num_rows,
+        "graded": ok.num_rows,
+        "failed": failed.num_rows,
+        "queries": len({q for q, _ in got}),
+        "grade_histogram": {str(g["values"]): g["counts"] for g in sorted(grades, key=lambda g: g["values"])},
+        "retried_pairs": sum(1 for a in attempts if a > 1),
+        "requests": sum(attempts),
+        "qrels": qrels_path,
+        "failures": failures_path,
+    }
+    write_json(summary, summary_path)
+    return JudgeResult(out, qrels_path, failures_path, summary_path, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# the annotation run
+
+
+def candidate_pairs(cfg, collection) -> pa.Table:
+    """Candidates of `cfg` for the collection's queries (the first `cfg.limit`, in collection
+    order), with query and passage texts attached."""
+    from synrank.annotate.candidates import select_candidates
+
+    query_ids = collection.queries.column("query_id").to_pylist()
+    if cfg.limit:
+        query_ids = query_ids[: cfg.limit]
+    cands = select_candidates(collection, retriever=cfg.candidates, top_n=cfg.top_n,
+                              include_judged=cfg.include_judged, query_ids=query_ids, batch_size=cfg.batch_size)
+    return _attach_texts(cands, collection)
+
+
+def annotate(cfg, *, judge: Judge | None = None, overwrite: bool = False, address: str | None = None,
+             on_shard: Callable[[int, int], None] | None = None) -> JudgeResult:
+    """`synrank annotate`: candidates of a collection's queries, judged by an LLM (see module doc).
+
+    `judge`: default an engine pool of `cfg.model` on the connected Ray cluster.
+    """
+    from synrank.data.readers import load_collection
+
+    if not cfg.collection:
+        raise AnnotateError("annotate needs a collection (annotate.collection or --collection)")
+    if not cfg.out:
+        raise AnnotateError("annotate needs an output folder (annotate.out or --out)")
+    check_version(cfg.prompt_version)
+    collection = load_collection(cfg.collection, cfg.split)
+    if collection.corpus is None:
+        raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
+    pairs_path = _join(cfg.out, "pairs.parquet")
+    identity = {"collection": str(cfg.collection), "split": cfg.split, "candidates": cfg.candidates,
+                "top_n": cfg.top_n, "include_judged": cfg.include_judged, "limit": cfg.limit}
+    if not overwrite and exists(pairs_path) and exists(_join(cfg.out, "manifest.json")):
+        # Resume: judge the stored pairs, not a fresh candidate selection.
+        stored = _read_parquet(pairs_path)
+        pairs = _attach_texts(stored, collection)
+    else:
+        pairs = candidate_pairs(cfg, collection)
+    if judge is None:
+        from synrank.annotate.engine import engine_judge
+
+        judge = engine_judge(cfg, address=address)
+    per_call = max(1, math.ceil(cfg.batch_size * max(1, getattr(judge, "num_engines", 1))
+                                / max(1, cfg.shard_size * max(1, cfg.top_n))))
+    return judge_pairs(pairs, cfg.out, judge, n_levels=cfg.n_levels, prompt_version=cfg.prompt_version,
+                       max_retries=cfg.max_retries, shard_size=cfg.shard_size, shards_per_call=per_call,
+                       overwrite=overwrite, identity=identity, on_shard=on_shard)
+
+
+def _attach_texts(pairs: pa.Table, collection) -> pa.Table:
+    from synrank.encoder import format_passage
+
+    qtext = dict(zip(collection.queries.column("query_id").to_pylist(), collection.queries.column("text").to_pylist()))
+    corpus = collection.corpus
+    doc_index = {d: i for i, d in enumerate(corpus.column("doc_id").to_pylist())}
+    titles = corpus.column("title").to_pylist()
+    texts = corpus.column("text").to_pylist()
+    qs, ps = [], []
+    for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()):
+        if q not in qtext or d not in doc_index:
+            raise AnnotateError(f"stored pair ({q}, {d}) is not in {collection.path} any more; overwrite to start over")
+        qs.append(qtext[q])
+        ps.append(format_passage(titles[doc_index[d]], texts[doc_index[d]]))
+    return pairs.append_column("query", pa.array(qs, pa.string())).append_column("passage", pa.array(ps, pa.string()))
