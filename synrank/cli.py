@@ -18,6 +18,7 @@ from synrank.config import ConfigError
 # Modules that define `register(subparsers)`; order is the order of `synrank --help`.
 STAGE_COMMANDS = [
     "synrank.data.cli",
+    "synrank.evaluate.cli",
 ]
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -1,0 +1,336 @@
+"""Distributed encoding: Ray Data streams queries and corpora through a pool of encoder actors,
+each owning one `BiEncoder`, and every encoded batch is written to a Parquet shard on disk.
+
+Data flow (nothing corpus-sized passes through the driver):
+
+    EncodeSource per collection
+      -> `_TextDatasource` read tasks: the queries (small, sent with the task) and the corpus,
+         streamed with `readers.iter_corpus` inside the read task, in blocks of `block_rows`
+      -> `map_batches(_EncodeBatch)` on an actor pool (one GPU per actor when the cluster has
+         GPUs, else a share of the CPUs with torch threads to match)
+      -> each batch grouped by (collection, kind), encoded with BiEncoder.encode (length-sorted
+         sub-batches of `batch_size`), written to ``<emb_dir>/<kind>/<sha1 of ids>.parquet``
+         with columns ``id: string, embedding: fixed_size_list<float32>[dim]``
+      -> the actors return only (collection, kind, path, rows); the driver collects those.
+
+A shard's name is a hash of the ids it holds, so a batch retried after an actor failure rewrites
+the same file (atomically) instead of adding a duplicate. Only shards reported by this run are
+read back (`read_shards`), never a directory listing, so stale files cannot leak in.
+
+Text formatting is the encoder's own: passages as ``format_passage(title, text)``, prefixes and
+maximum lengths from the encoder's config (a synrank export brings its own; `overrides` win).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+KINDS = ("query", "passage")
+BLOCK_ROWS = 1024  # rows per Ray Data block and per encoder call (sorted by length inside)
+
+_TEXT_SCHEMA = pa.schema([
+    ("collection", pa.string()),
+    ("kind", pa.string()),
+    ("id", pa.string()),
+    ("title", pa.string()),
+    ("text", pa.string()),
+])
+_RESULT_SCHEMA = pa.schema([
+    ("collection", pa.string()),
+    ("kind", pa.string()),
+    ("path", pa.string()),
+    ("rows", pa.int64()),
+])
+
+
+@dataclass
+class EncodeSource:
+    """What to encode for one collection: its queries (ids and texts) and its corpus path."""
+
+    key: str
+    emb_dir: str
+    query_ids: list[str]
+    query_texts: list[str]
+    corpus_path: str | None
+
+
+@dataclass
+class EncodedShards:
+    """Shard files per kind for one collection, with their row counts."""
+
+    shards: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+    def rows(self, kind: str) -> int:
+        return sum(n for _, n in self.shards[kind])
+
+    def paths(self, kind: str) -> list[str]:
+        return [p for p, _ in self.shards[kind]]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading: queries and streamed corpora as Ray Data blocks
+
+
+def _text_block(key: str, kind: str, ids, titles, texts) -> pa.Table:
+    n = len(ids)
+    return pa.Table.from_arrays(
+        [pa.array([key] * n, pa.string()), pa.array([kind] * n, pa.string()), pa.array(ids, pa.string()),
+         pa.array(titles, pa.string()), pa.array(texts, pa.string())],
+        schema=_TEXT_SCHEMA,
+    )
+
+
+def _read_queries_block(key: str, ids: list[str], texts: list[str], block_rows: int) -> Iterator[pa.Table]:
+    for start in range(0, len(ids), block_rows):
+        chunk = ids[start : start + block_rows]
+        yield _text_block(key, "query", chunk, [""] * len(chunk), texts[start : start + block_rows])
+
+
+def _read_corpus_blocks(key: str, path: str, block_rows: int) -> Iterator[pa.Table]:
+    from synrank.data.readers import iter_corpus
+
+    for batch in iter_corpus(path, batch_size=block_rows):
+        yield _text_block(key, "passage", batch.column(0), batch.column(1), batch.column(2))
+
+
+def _text_datasource(sources: list[EncodeSource], block_rows: int):
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class _TextDatasource(Datasource):
+        """One read task per query set (data shipped with the task) and per corpus (streamed)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            tasks = []
+            for src in sources:
+                if src.query_ids:
+                    ids, texts, key = list(src.query_ids), list(src.query_texts), src.key
+                    tasks.append(ReadTask(
+                        lambda key=key, ids=ids, texts=texts: _read_queries_block(key, ids, texts, block_rows),
+                        BlockMetadata(num_rows=len(ids), size_bytes=sum(len(t) for t in texts), exec_stats=None,
+                                      input_files=None),
+                        schema=_TEXT_SCHEMA,
+                    ))
+                if src.corpus_path is not None:
+                    key, path = src.key, src.corpus_path
+                    tasks.append(ReadTask(
+                        lambda key=key, path=path: _read_corpus_blocks(key, path, block_rows),
+                        BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
+                        schema=_TEXT_SCHEMA,
+                    ))
+            return tasks
+
+    return _TextDatasource()
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding: the actor
+
+
+def shard_name(ids: list[str]) -> str:
+    digest = hashlib.sha1()
+    for i in ids:
+        digest.update(i.encode("utf-8"))
+        digest.update(b"\0")
+    return f"{digest.hexdigest()[:20]}-{len(ids)}.parquet"
+
+
+def embeddings_table(ids: list[str], vectors: np.ndarray) -> pa.Table:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.table({
+        "id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+    })
+
+
+class _EncodeBatch:
+    """Ray Data callable class: owns one BiEncoder for the life of the actor."""
+
+    def __init__(self, model: str, overrides: dict, batch_size: int, emb_dirs: dict[str, str],
+                 num_threads: int | None, device: str | None = None) -> None:
+        import torch
+
+        from synrank.encoder import BiEncoder
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.encoder = BiEncoder.load(model, **overrides).to(device)
+        self.encoder.eval()
+        self.batch_size = batch_size
+        self.emb_dirs = emb_dirs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from synrank.data.atomic import write_parquet
+        from synrank.encoder import format_passage
+
+        keys = batch.column("collection").to_pylist()
+        kinds = batch.column("kind").to_pylist()
+        ids = batch.column("id").to_pylist()
+        titles = batch.column("title").to_pylist()
+        texts = batch.column("text").to_pylist()
+        groups: dict[tuple[str, str], list[int]] = {}
+        for row, group in enumerate(zip(keys, kinds)):
+            groups.setdefault(group, []).append(row)
+        out: list[dict] = []
+        for (key, kind), rows in groups.items():
+            if kind == "passage":
+                strings = [format_passage(titles[r], texts[r]) for r in rows]
+            else:
+                strings = [texts[r] for r in rows]
+            vectors = self.encoder.encode(strings, kind, batch_size=self.batch_size)
+            group_ids = [ids[r] for r in rows]
+            path = f"{self.emb_dirs[key].rstrip('/')}/{kind}/{shard_name(group_ids)}"
+            write_parquet(embeddings_table(group_ids, vectors), path)
+            out.append({"collection": key, "kind": kind, "path": path, "rows": len(rows)})
+        return pa.Table.from_pylist(out, schema=_RESULT_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver side
+
+
+@dataclass
+class PoolPlan:
+    """How many encoder actors and what each asks of Ray."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float
+    threads: int | None
+
+    def describe(self) -> str:
+        per = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.num_cpus:g} CPU ({self.threads} torch threads)"
+        return f"{self.size} encoder actor(s), {per} each"
+
+
+def plan_pool(num_cpus: float, num_gpus: float, num_encoders: int | None = None,
+              max_node_cpus: float | None = None, max_threads: int = 8) -> PoolPlan:
+    """GPUs: one actor per whole GPU (or `num_encoders`), 1 CPU each for tokenisation. CPUs only:
+    actors of up to `max_threads` CPUs within one node, as many as the CPUs allow."""
+    if num_gpus >= 1:
+        size = num_encoders or int(num_gpus)
+        return PoolPlan(size=max(1, min(size, int(num_gpus))), num_cpus=1, num_gpus=1, threads=None)
+    total = max(1.0, float(num_cpus))
+    per_node = float(max_node_cpus or total)
+    if num_encoders:
+        per_actor = max(1, int(total // num_encoders))
+        size = num_encoders
+    else:
+        per_actor = int(max(1, min(per_node, max_threads)))
+        size = max(1, int(total // per_actor))
+    per_actor = int(min(per_actor, per_node))
+    return PoolPlan(size=size, num_cpus=per_actor, num_gpus=0, threads=per_actor)
+
+
+def _max_node_cpus() -> float | None:
+    import ray
+
+    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return max(cpus) if cpus else None
+
+
+def encode_sources(
+    sources: list[EncodeSource],
+    model: str,
+    *,
+    overrides: dict | None = None,
+    batch_size: int = 64,
+    num_encoders: int | None = None,
+    block_rows: int = BLOCK_ROWS,
+    resources=None,
+) -> dict[str, EncodedShards]:
+    """Encode every source's queries and corpus on a Ray Data actor pool; return shard paths.
+
+    Ray must be initialised (`synrank.runtime.init_ray`). `resources` is its ClusterResources
+    (looked up when None).
+    """
+    import ray
+
+    from synrank.runtime import cluster_resources
+
+    resources = resources or cluster_resources()
+    plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus())
+    log.info("encoding with %s", plan.describe())
+    emb_dirs = {s.key: s.emb_dir for s in sources}
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+
+    read_args: dict[str, Any] = {"num_cpus": 0}
+    if any(s.corpus_path and "://" not in s.corpus_path for s in sources):
+        # A local corpus is read on this node: other nodes may not see the path.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        read_args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    ds = ray.data.read_datasource(
+        _text_datasource(sources, block_rows),
+        ray_remote_args=read_args,
+        override_num_blocks=max(1, sum(1 for s in sources if s.query_ids) + sum(1 for s in sources if s.corpus_path)),
+    )
+    remote: dict[str, Any] = {"num_cpus": plan.num_cpus}
+    if plan.num_gpus:
+        remote["num_gpus"] = plan.num_gpus
+    encoded = ds.map_batches(
+        _EncodeBatch,
+        fn_constructor_kwargs={
+            "model": model, "overrides": dict(overrides or {}), "batch_size": batch_size,
+            "emb_dirs": emb_dirs, "num_threads": plan.threads,
+        },
+        batch_size=block_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.size),
+        zero_copy_batch=True,
+        **remote,
+    )
+    result = {s.key: EncodedShards() for s in sources}
+    for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+        for key, kind, path, rows in zip(*(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
+            result[key].shards[kind].append((path, rows))
+    return result
+
+
+def read_shards(paths: list[str], batch_rows: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(ids, float32 [n, dim]) chunks from embedding shards, one shard's row group at a time."""
+    import fsspec
+
+    for path in paths:
+        with fsspec.open(path, "rb") as handle:
+            reader = pq.ParquetFile(handle)
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=["id", "embedding"]):
+                emb = batch.column(1)
+                dim = emb.type.list_size
+                vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+                yield batch.column(0).to_pylist(), vectors
+
+
+def read_all(paths: list[str]) -> tuple[list[str], np.ndarray]:
+    """All ids and vectors of `paths` (for query sets, which are small)."""
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    for chunk_ids, vectors in read_shards(paths):
+        ids.extend(chunk_ids)
+        parts.append(vectors)
+    if not parts:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return ids, np.concatenate(parts)
