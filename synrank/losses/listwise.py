@@ -22,6 +22,11 @@ from ._common import (
 )
 
 
+#: ``wasserstein`` aggregates the mass per distinct grade when the batch has at most this many
+#: distinct label values (graded data has a handful); otherwise it transports per candidate.
+MAX_AGGREGATED_GRADES = 64
+
+
 class KLDivergenceLoss(RankingLoss):
     r"""KL divergence from the graded target to the predicted softmax (ListNet-style).
 
@@ -84,8 +89,11 @@ class WassersteinLoss(RankingLoss):
 
     which equals the 1-D Wasserstein distance (to the power :math:`p`) between the two
     distributions pushed onto the grade axis, :math:`\int_0^1 |F_q^{-1}(u) - F_t^{-1}(u)|^p du`.
-    It is computed with POT's ``ot.wasserstein_1d`` on the torch backend (values = the labels,
-    weights = :math:`q` and :math:`t`), so gradients flow to the scores through :math:`q`.
+    It is computed with POT's ``ot.wasserstein_1d`` on the torch backend, so gradients flow to
+    the scores through :math:`q`: when the batch has at most ``MAX_AGGREGATED_GRADES`` (64)
+    distinct label values the support is those grades and the weights are the masses
+    :math:`q` and :math:`t` put on each grade (the push-forward itself); otherwise the support is
+    the candidates' labels and the weights are :math:`q` and :math:`t`. Both give the same value.
     Moving probability between two candidates of the same grade is free: the loss only asks the
     model to put the right mass on each relevance level, and penalises mass on a far grade more than
     on a near one.
@@ -130,20 +138,30 @@ class WassersteinLoss(RankingLoss):
 
     def compute(self, batch: Batch) -> Tensor:
         valid = batch.valid
-        q = masked_softmax(batch.z, valid)
+        q = masked_softmax(batch.z, valid)  # masked candidates: weight 0
         t = masked_softmax(batch.labels / self.target_temperature, valid)
-        # Masked candidates carry weight 0. Their grade is set to the row's highest valid grade, so
-        # that a rounding overshoot of the last cumulative weight (POT clips the quantile index to
-        # the last support point) lands on a valid grade.
-        top = torch.where(valid, batch.labels, torch.zeros_like(batch.labels)).amax(dim=1, keepdim=True)
-        values = torch.where(valid, batch.labels, top)
-        # u and v share their support, so sort it once and let POT skip its two sorts.
-        order = values.argsort(dim=1)
-        values = values.gather(1, order)
-        q = q.gather(1, order)
-        t = t.gather(1, order)
+        grades, index = torch.unique(batch.labels, sorted=True, return_inverse=True)
+        if grades.numel() <= MAX_AGGREGATED_GRADES:
+            # Push both distributions onto the grade axis first: the mass of every distinct grade,
+            # [B, G]. Grades absent from a query (or only masked there) get weight 0 in both, which
+            # leaves the transport cost unchanged. Same value as the per-candidate route, without
+            # sorting N candidates per query.
+            n_rows = q.shape[0]
+            q = q.new_zeros(n_rows, grades.numel()).scatter_add(1, index, q)
+            t = t.new_zeros(n_rows, grades.numel()).scatter_add(1, index, t)
+            values = grades.unsqueeze(1).expand(-1, n_rows)
+        else:
+            # Per-candidate route (many distinct label values, e.g. continuous teacher scores).
+            # Masked candidates carry weight 0; their grade is set to the row's highest valid grade
+            # so that a rounding overshoot of the last cumulative weight (POT clips the quantile
+            # index to the last support point) lands on a valid grade.
+            labels = batch.labels
+            top = torch.where(valid, labels, torch.zeros_like(labels)).amax(dim=1, keepdim=True)
+            values = torch.where(valid, labels, top)
+            # u and v share their support: sort it once and let POT skip its two sorts.
+            order = values.argsort(dim=1)
+            values = values.gather(1, order).T
+            q, t = q.gather(1, order), t.gather(1, order)
         # POT batches over trailing dimensions: support along dim 0, queries along dim 1.
-        per_query = ot.wasserstein_1d(
-            values.T, values.T, q.T, t.T, p=self.p, require_sort=False
-        )
+        per_query = ot.wasserstein_1d(values, values, q.T, t.T, p=self.p, require_sort=False)
         return mean_over_contributing(per_query, batch.nonempty, batch)
