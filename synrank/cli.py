@@ -19,6 +19,7 @@ from synrank.config import ConfigError
 STAGE_COMMANDS = [
     "synrank.data.cli",
     "synrank.evaluate.cli",
+    "synrank.annotate.cli",
 ]
 
 Handler = Callable[[argparse.Namespace], int | None]
