@@ -19,6 +19,7 @@ from synrank.config import ConfigError
 STAGE_COMMANDS = [
     "synrank.data.cli",
     "synrank.evaluate.cli",
+    "synrank.train.cli",
     "synrank.annotate.cli",
 ]
 

@@ -261,9 +261,15 @@ def _llm_qrels(cfg: GroupsConfig) -> pa.Table:
 
 
 def _grades(table: pa.Table, cfg: GroupsConfig, where: str, keep: set[str] | None) -> dict[str, dict[str, int]]:
-    """{query: {doc: grade on the final scale}}, rows of `keep` queries only (None: all)."""
+    """{query: {doc: grade on the final scale}}, rows of `keep` queries only (None: all).
+
+    Mixed groups with relabelling only ask whether a real passage is relevant (grade > 0): grades
+    are then checked against their scale but not collapsed."""
     n_from = _qrels_scale(cfg)
-    mapping = _mapping(n_from, cfg.n_levels, "groups.n_levels")
+    if cfg.source == "mixed" and cfg.relabel:
+        mapping = {g: g for g in range(n_from)}
+    else:
+        mapping = _mapping(n_from, cfg.n_levels, "groups.n_levels")
     out: dict[str, dict[str, int]] = {}
     cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "grade")]
     for row, (qid, did, grade) in enumerate(zip(*cols)):
