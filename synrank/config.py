@@ -47,27 +47,39 @@ class EncoderConfig(Section):
 
 
 class GenerateConfig(Section):
-    """`synrank generate`: graded synthetic passages for real queries."""
+    """`synrank generate`: graded synthetic passages for real queries (see synrank/generate/)."""
 
     queries: str | None = None
     out: str | None = None
     model: str = "default"
     n_levels: int = Field(4, ge=2, le=5)
     samples_per_level: int = Field(1, ge=1)
-    level0_strategy: Literal["prompt", "swap"] = "swap"
+    level0_strategy: Literal["prompt", "swap"] = Field(
+        "swap", description="level 0: ask for an unrelated passage (prompt), or use one written for another query (swap)")
     prompt_version: str = "v1"
     max_tokens: int = Field(160, ge=8)
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, gt=0.0)
     seed: int = 0
-    max_retries: int = Field(2, ge=0)
+    max_retries: int = Field(2, ge=0, description="new attempts for a rejected passage")
+    min_words: int = Field(8, ge=1, description="shorter passages are rejected")
     limit: int | None = Field(None, ge=1, description="only the first N queries")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences an engine decodes together (vLLM max_num_seqs)")
     shard_size: int = Field(64, ge=1, description="queries per output shard (the unit of resumption)")
+    overwrite: bool = Field(False, description="start over in an output folder written with other settings")
+    engine: Literal["vllm", "transformers"] = "vllm"
+    engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
     num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
+    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(2048, ge=256)
+    enforce_eager: bool | None = Field(None, description="default: eager on CPU (compiling costs minutes), compiled on GPU")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: float | None = Field(None, gt=0.0, description="vLLM CPU KV cache (default: vLLM's)")
+    fidelity_queries: int = Field(500, ge=0, description="queries scored for level fidelity in the report (0: skip)")
 
 
 class AnnotateConfig(Section):
