@@ -607,6 +607,13 @@ def test_bad_inputs_raise_value_error(name, scores, labels, mask, match):
         make(name)(scores, labels, mask)
 
 
+def test_no_gradient_flows_into_the_labels():
+    y = t64(Y).requires_grad_()
+    for name in ALL:
+        value = make(name)(t64(S).requires_grad_(), y)
+        assert torch.autograd.grad(value, y, allow_unused=True)[0] is None, name
+
+
 def test_integer_labels_are_accepted():
     s = t64(S)
     y = np.floor(Y)

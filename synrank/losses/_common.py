@@ -114,7 +114,7 @@ def validate(scores: object, labels: object, mask: object = None) -> tuple[Tenso
         )
     if labels.is_complex():
         raise ValueError(f"labels must be real, got dtype {labels.dtype}")
-    labels = labels.to(scores.device)
+    labels = labels.detach().to(scores.device)  # a target: no gradient flows into the labels
     if labels.is_floating_point():
         bad = ~torch.isfinite(labels)
         if bool(bad.any()):

@@ -80,7 +80,9 @@ class SyCLW2Loss(RankingLoss):
     eigenvalue (the rows of :math:`E` sum to 0), where :math:`\sqrt{\lambda + 10^{-15}}` has slope
     :math:`1/(2\sqrt{10^{-15}}) \approx 1.6 \cdot 10^7`; the eigenvector of that eigenvalue is
     orthogonal to the directions in which :math:`M` changes to first order, so the product is
-    rounding noise (about 1e-9 relative), not a spike.
+    rounding noise (about 1e-9 relative), not a spike. The same zero eigenvalue puts about 1e-10 of
+    rounding noise into the value (1e-17 / (2 sqrt(1e-15))), so a finite-difference check needs a
+    step of about 1e-4 rather than ``gradcheck``'s default 1e-6.
 
     Args:
         temperature: :math:`\tau`, divides the scores (default 0.05).
