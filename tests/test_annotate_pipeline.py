@@ -186,3 +186,49 @@ def test_killed_run_resumes_without_loss_or_duplicates(shared_data, tmp_path):
     a = pq.read_table(result.qrels_path).select(["query_id", "doc_id", "grade"]).sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
     b = pq.read_table(clean.qrels_path).select(["query_id", "doc_id", "grade"]).sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
     assert a.equals(b)
+
+
+def test_candidates_bm25_and_dense(shared_data):
+    """BM25 and dense candidates over a slice of Cranfield: top-n by the retriever, then the judged
+    passages the retriever missed; the dense route with the packaged encoder ranks by its score."""
+    import numpy as np
+
+    from synrank.annotate.candidates import select_candidates
+    from synrank.data.readers import Collection, load_collection
+
+    full = load_collection(shared_data / "cranfield", "test")
+    qrels = full.qrels.filter(pa.compute.is_in(full.qrels.column("query_id"), pa.array(["1", "2"])))
+    judged = set(qrels.column("doc_id").to_pylist())
+    ids = full.corpus.column("doc_id").to_pylist()
+    keep = [i for i, d in enumerate(ids) if d in judged or i < 120]
+    small = Collection(name="cran-small", path=full.path, corpus=full.corpus.take(keep), queries=full.queries,
+                       qrels=qrels)
+    bm25 = select_candidates(small, top_n=5, query_ids=["1", "2"])
+    for q in ("1", "2"):
+        rows = bm25.filter(pa.compute.equal(bm25.column("query_id"), q))
+        ranks = rows.column("rank").to_pylist()
+        assert ranks[:5] == [1, 2, 3, 4, 5] and all(r is None for r in ranks[5:])
+        scores = rows.column("score").to_pylist()[:5]
+        assert scores == sorted(scores, reverse=True)
+        q_judged = set(qrels.filter(pa.compute.equal(qrels.column("query_id"), q)).column("doc_id").to_pylist())
+        assert set(rows.column("doc_id").to_pylist()) >= q_judged
+        assert rows.column("judged").to_pylist() == [d in q_judged for d in rows.column("doc_id").to_pylist()]
+    assert bm25.num_rows == len(set(zip(bm25.column("query_id").to_pylist(), bm25.column("doc_id").to_pylist())))
+    only_top = select_candidates(small, top_n=3, include_judged=False, query_ids=["2"])
+    assert only_top.num_rows == 3 and set(only_top.column("retriever").to_pylist()) == {"bm25"}
+
+    tiny = Collection(name="cran-tiny", path=full.path, corpus=full.corpus.slice(0, 30), queries=full.queries,
+                      qrels=None)
+    dense = select_candidates(tiny, retriever="default", top_n=4, include_judged=False, query_ids=["1", "2"])
+    assert dense.num_rows == 8 and set(dense.column("retriever").to_pylist()) == {"dense:default"}
+    from synrank.annotate.candidates import _load_encoder
+    from synrank.encoder import format_passage
+
+    enc = _load_encoder("default")
+    texts = [format_passage(t, x) for t, x in zip(tiny.corpus.column("title").to_pylist(),
+                                                 tiny.corpus.column("text").to_pylist())]
+    qtext = dict(zip(tiny.queries.column("query_id").to_pylist(), tiny.queries.column("text").to_pylist()))
+    scores = enc.encode([qtext["1"]], "query") @ enc.encode(texts, "passage").T
+    expected = [tiny.corpus.column("doc_id")[int(i)].as_py() for i in np.argsort(-scores[0], kind="stable")[:4]]
+    assert dense.column("doc_id").to_pylist()[:4] == expected
+    np.testing.assert_allclose(dense.column("score").to_pylist()[:4], np.sort(scores[0])[::-1][:4], rtol=1e-4)
