@@ -6,6 +6,7 @@ Data flow (nothing corpus-sized passes through the driver):
     EncodeSource per collection
       -> `_TextDatasource` read tasks: the queries (small, sent with the task) and the corpus,
          streamed with `readers.iter_corpus` inside the read task, in blocks of `block_rows`
+         (`block_rows_for`: large, as each encoder call sorts its rows by length to pad less)
       -> `map_batches(_EncodeBatch)` on an actor pool (one GPU per actor when the cluster has
          GPUs, else a share of the CPUs with torch threads to match)
       -> each batch grouped by (collection, kind), encoded with BiEncoder.encode (length-sorted
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -37,7 +36,17 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 KINDS = ("query", "passage")
-BLOCK_ROWS = 1024  # rows per Ray Data block and per encoder call (sorted by length inside)
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 256, 4096
+
+
+def block_rows_for(total_docs: int | None, pool_size: int) -> int:
+    """Rows per Ray Data block and per encoder call. An encoder call sorts its rows by length
+    before cutting batches (less padding), so blocks are as large as possible while every actor
+    still gets work: total / pool size, within [256, 4096]."""
+    if not total_docs:
+        return 1024
+    per_actor = -(-total_docs // max(1, pool_size))
+    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, per_actor)))
 
 _TEXT_SCHEMA = pa.schema([
     ("collection", pa.string()),
@@ -63,6 +72,7 @@ class EncodeSource:
     query_ids: list[str]
     query_texts: list[str]
     corpus_path: str | None
+    num_docs: int | None = None  # when known: sizes the blocks
 
 
 @dataclass
@@ -257,7 +267,7 @@ def encode_sources(
     overrides: dict | None = None,
     batch_size: int = 64,
     num_encoders: int | None = None,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int | None = None,
     resources=None,
 ) -> dict[str, EncodedShards]:
     """Encode every source's queries and corpus on a Ray Data actor pool; return shard paths.
@@ -271,7 +281,10 @@ def encode_sources(
 
     resources = resources or cluster_resources()
     plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus())
-    log.info("encoding with %s", plan.describe())
+    if block_rows is None:
+        known = [s.num_docs for s in sources if s.corpus_path]
+        block_rows = block_rows_for(sum(known) if known and None not in known else None, plan.size)
+    log.info("encoding with %s, blocks of %d rows", plan.describe(), block_rows)
     emb_dirs = {s.key: s.emb_dir for s in sources}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True

@@ -5,7 +5,7 @@ embeddings):
 
 - ``flat``: exact search (IndexFlatIP). The default; exact for any corpus that fits in memory.
 - ``ivf``: IndexIVFFlat, `nlist` k-means cells (default ~4·sqrt(N), at least 39 training points
-  per cell), `nprobe` cells visited per query (default nlist/8, at least 8). Trained on a seeded
+  per cell), `nprobe` cells visited per query (default 2·sqrt(nlist), at least 16). Trained on a seeded
   random sample of the corpus (at most 256 points per cell), read from the shards.
 - ``hnsw``: IndexHNSWFlat (M=32, efConstruction=128, efSearch=max(128, 2k)). No training.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -41,7 +41,6 @@ class IndexOptions:
     ef_search: int | None = None
     use_gpu: bool | None = None  # None: when faiss sees a GPU
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _faiss():
@@ -59,6 +58,10 @@ def gpus_available() -> int:
 
 def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+
+
+def default_nprobe(nlist: int) -> int:
+    return min(nlist, max(16, int(2 * math.sqrt(nlist))))
 
 
 class DenseIndex:
@@ -116,7 +119,7 @@ class DenseIndex:
             nlist = options.nlist or default_nlist(n_total)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = min(nlist, options.nprobe or max(8, nlist // 8))
+            index.nprobe = min(nlist, options.nprobe or default_nprobe(nlist))
             sample = _training_sample(shards, n_total, min(n_total, 256 * nlist), options.seed)
             log.info("training IVF (nlist=%d, nprobe=%d) on %d vectors", nlist, index.nprobe, len(sample))
             index.train(sample)

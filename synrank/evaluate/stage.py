@@ -311,7 +311,7 @@ def evaluate(
         for col in prepared:
             emb_dir = _join(out, col.name, "embeddings")
             _rmtree(emb_dir)
-            sources.append(EncodeSource(col.name, emb_dir, col.query_ids, col.query_texts, col.corpus_path))
+            sources.append(EncodeSource(col.name, emb_dir, col.query_ids, col.query_texts, col.corpus_path, col.num_docs))
         total_docs = sum(c.num_docs for c in prepared)
         log.info("encoding %d queries and %d documents of %d collection(s) with %s", sum(len(c.query_ids) for c in prepared),
                  total_docs, len(prepared), label)
