@@ -1,0 +1,364 @@
+"""`StudyConfig`: what a `synrank study` compares, on which data, and how it is run and reported.
+
+A study is a set of *configurations* (a loss with its parameters, a number of relevance levels, a
+label source, and any tunables), each trained once per seed. Everything not varied comes from
+``base``, a full :class:`synrank.config.RunConfig` (groups, train, evaluate, runtime sections).
+
+>>> study = load_study("jobs/configs/study-tiny.yaml", ["space.seeds=[0,1]"])   # doctest: +SKIP
+
+Keys (all also settable as dotted overrides, e.g. ``search.num_samples=8 base.train.max_steps=20``):
+
+- ``name``, ``study_dir`` (local path or fsspec URL): every output lives under ``study_dir``.
+- ``base``: the fixed settings (a RunConfig; ``run_dir`` is ignored).
+- ``space``: ``losses`` (names, or ``{name, params, label}``), ``n_levels``, ``sources``,
+  ``seeds``, ``tunables`` (dotted key -> ``{grid|choice: [...]}`` or ``{uniform|loguniform|randint:
+  [lo, hi]}``; ``loss.X`` is short for ``train.loss_params.X``).
+- ``search``: ``algorithm`` grid (every combination), random (``num_samples`` configurations drawn
+  from the tunables with ``search.seed``, each crossed with every loss/levels/source) or a Tune
+  searcher (``optuna``, ``hyperopt``: ``num_samples`` trials guided by the dev metric).
+- ``dev`` / ``test``: evaluation collections; ``queries: held_out`` with ``part: dev|test`` takes
+  the queries a collection's training split leaves out (``base.groups.query_split``), divided into
+  dev and test by ``holdout``.
+- ``asha``: optional early stopping on the dev metric, evaluated every ``eval_every`` steps.
+- ``report``: the measure, the baseline (a partial assignment such as ``{loss: infonce}``: each
+  configuration is compared with the one that differs only there), the paired test, alpha.
+- ``synthetic``: generate the synthetic passages for the training queries once, before the trials.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from synrank.config import ConfigError, QuerySplitConfig, RunConfig, Section, load
+
+SOURCES = ("synthetic", "human", "llm", "mixed")
+MEASURES = ("ndcg@10", "ndcg@100", "recall@100", "mrr@10", "map")
+
+# Trial dimensions a tunable may not set (they are the study's own axes).
+_AXES = {
+    "train.loss": "space.losses",
+    "train.loss_params": "space.losses[].params",
+    "groups.source": "space.sources",
+    "groups.n_levels": "space.n_levels",
+    "train.seed": "space.seeds",
+    "groups.seed": "space.seeds",
+}
+
+
+class LossSpec(Section):
+    """One objective: a registered loss name, fixed parameters, and an optional display label."""
+
+    name: str
+    params: dict[str, Any] = {}
+    label: str | None = Field(None, description="name in tables and plots (default: name(param=value, ...))")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from synrank.losses import available
+
+        if v not in available():
+            raise ValueError(f"unknown loss {v!r}; available: {', '.join(available())}")
+        return v
+
+    @model_validator(mode="after")
+    def _params(self) -> "LossSpec":
+        from synrank.losses import build
+
+        build(self.name, **self.params)  # ValueError naming the valid parameters
+        return self
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if not self.params:
+            return self.name
+        inner = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
+
+
+class Tunable(Section):
+    """One tuned setting: exactly one of a list of values (``grid`` / ``choice``) or a range."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = Field(None, description="integers lo..hi-1")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Tunable":
+        set_ = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform, randint (got {set_ or 'none'})")
+        kind = set_[0]
+        if kind in ("grid", "choice") and not getattr(self, kind):
+            raise ValueError(f"{kind}: an empty list")
+        if kind in ("uniform", "loguniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind}: need lo < hi, got [{lo}, {hi}]")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform: need lo > 0, got {lo}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list[Any] | None:
+        """The finite list of values (grid/choice), None for a range."""
+        return self.grid if self.grid is not None else self.choice
+
+
+class SpaceConfig(Section):
+    """The axes of the study."""
+
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="infonce")])
+    n_levels: list[int] = [4]
+    sources: list[Literal["synthetic", "human", "llm", "mixed"]] = ["synthetic"]
+    seeds: list[int] = [0]
+    tunables: dict[str, Tunable] = {}
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("losses", "n_levels", "sources", "seeds")
+    @classmethod
+    def _nonempty_unique(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("needs at least one value")
+        keys = [x.display if isinstance(x, LossSpec) else x for x in v]
+        dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"duplicate value(s) {', '.join(dup)} (give a loss a distinct label)")
+        return v
+
+    @field_validator("n_levels")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if not 2 <= n <= 5]
+        if bad:
+            raise ValueError(f"levels must be in 2..5, got {bad}")
+        return v
+
+    @field_validator("tunables")
+    @classmethod
+    def _keys(cls, v: dict[str, Tunable]) -> dict[str, Tunable]:
+        out = {}
+        for key, tunable in v.items():
+            full = canonical_key(key)
+            for axis, where in _AXES.items():
+                if full == axis:
+                    raise ValueError(f"tunable {key!r} is a study axis; set it with {where}")
+            out[full] = tunable
+        return out
+
+
+class SearchConfig(Section):
+    algorithm: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
+    num_samples: int = Field(1, ge=1, description="random: tunable draws per axis combination; searcher: trials")
+    seed: int = 0
+
+
+class AshaConfig(Section):
+    """Asynchronous successive halving on the dev metric, evaluated during training."""
+
+    enabled: bool = False
+    eval_every: int = Field(50, ge=1, description="steps between dev evaluations (and checkpoints)")
+    grace_period: int = Field(1, ge=1, description="dev evaluations before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    brackets: int = Field(1, ge=1)
+
+
+class HoldoutConfig(Section):
+    """How the held-out queries of a split collection divide into dev and test."""
+
+    dev_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = 7
+
+
+class CollectionSpec(Section):
+    """One evaluation collection, or one view of it (a query subset)."""
+
+    path: str
+    name: str | None = Field(None, description="name in tables (default: the folder name, + -dev for part=dev)")
+    split: str | None = Field(None, description="qrels split (default: the groups' split for held_out, else test)")
+    queries: Literal["all", "held_out", "train"] = "all"
+    part: Literal["all", "dev", "test"] = Field("all", description="held_out only: the dev or the test share")
+    limit: int | None = Field(None, ge=1, description="only the first N of the selected queries (sorted ids)")
+
+    @model_validator(mode="after")
+    def _part(self) -> "CollectionSpec":
+        if self.part != "all" and self.queries != "held_out":
+            raise ValueError("part=dev/test divides held-out queries; set queries: held_out")
+        return self
+
+    @property
+    def key(self) -> str:
+        if self.name:
+            return self.name
+        base = os.path.basename(self.path.rstrip("/")) or self.path
+        return f"{base}-dev" if self.part == "dev" else base
+
+
+class ReportConfig(Section):
+    measure: Literal["ndcg@10", "ndcg@100", "recall@100", "mrr@10", "map"] = "ndcg@10"
+    measures: list[str] = ["ndcg@10", "recall@100", "mrr@10"]
+    baseline: dict[str, Any] = Field(default_factory=lambda: {"loss": "infonce"},
+                                     description="partial assignment: loss, n_levels, source, or a tunable key")
+    test: Literal["randomization", "ttest"] = "randomization"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    trials: int = Field(10_000, ge=100, description="randomization test permutations")
+
+    @field_validator("measures")
+    @classmethod
+    def _measures(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in MEASURES]
+        if bad:
+            raise ValueError(f"unknown measure(s) {bad}; known: {', '.join(MEASURES)}")
+        return v
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return {_baseline_key(k): val for k, val in v.items()}
+
+
+class SyntheticConfig(Section):
+    """Generate the synthetic passages once (cached at ``base.groups.synthetic``) for the queries
+    the groups train on, before any trial. Skipped when the file exists or no source needs it."""
+
+    generate: bool = True
+    queries: Literal["train", "all"] = Field("train", description="train: the collection's training queries only")
+
+
+class StudyConfig(Section):
+    name: str = "study"
+    study_dir: str = "runs/study"
+    base: RunConfig = RunConfig()
+    space: SpaceConfig = SpaceConfig()
+    search: SearchConfig = SearchConfig()
+    asha: AshaConfig = AshaConfig()
+    dev: list[CollectionSpec] = []
+    test: list[CollectionSpec] = []
+    holdout: HoldoutConfig = HoldoutConfig()
+    report: ReportConfig = ReportConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: cluster CPUs (GPUs) / trial workers")
+    trial_retries: int = Field(0, ge=0, description="Tune retries of a failed trial")
+    fail_trials: list[str] = Field([], description="test-only: trial ids (fnmatch patterns) whose training raises")
+    top_k: int = Field(100, ge=1)
+    evaluation: Literal["stage", "local"] = Field(
+        "stage", description="stage: the evaluation stage (Ray Data encoders, faiss; for large corpora and GPUs); "
+                             "local: in the trial's process with its own CPUs (exact search; small corpora)")
+    keep_models: bool = Field(False, description="keep each trial's exported encoder (trials/<id>/model)")
+    keep_checkpoints: bool = Field(False, description="keep each finished trial's Ray Train checkpoints")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '-', '.' (it names a directory)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyConfig":
+        if not self.test and not self.dev:
+            raise ValueError("a study needs at least one evaluation collection (test: or dev:)")
+        keys = [c.key for c in self.dev + self.test]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"two evaluation collections are named {dup}; give them distinct names")
+        if self.asha.enabled and not self.dev:
+            raise ValueError("asha needs a dev collection (dev:) to rank trials on")
+        if self.search.algorithm in ("optuna", "hyperopt") and not self.dev:
+            raise ValueError(f"search.algorithm={self.search.algorithm} needs a dev collection to optimise")
+        base_keys = set(self.report.baseline)
+        unknown = base_keys - {"loss", "n_levels", "source"} - set(self.space.tunables)
+        if unknown:
+            raise ValueError(f"report.baseline: {sorted(unknown)} are not study axes "
+                             f"(loss, n_levels, source, {', '.join(self.space.tunables) or 'no tunables'})")
+        return self
+
+    @property
+    def dev_measure_key(self) -> str:
+        return f"dev/{self.report.measure}"
+
+
+def canonical_key(key: str) -> str:
+    """`loss.temperature` -> `train.loss_params.temperature`; other keys must name a RunConfig section."""
+    if key.startswith("loss."):
+        return "train.loss_params." + key[len("loss."):]
+    section = key.split(".", 1)[0]
+    if section not in ("train", "groups", "evaluate") or "." not in key:
+        raise ValueError(f"tunable {key!r}: use a dotted key in train., groups. or evaluate. "
+                         "(e.g. train.lr), or loss.<param> for a loss parameter")
+    return key
+
+
+def _baseline_key(key: str) -> str:
+    if key in ("loss", "n_levels", "source", "levels"):
+        return "n_levels" if key == "levels" else key
+    return canonical_key(key)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
+            return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+        return f"{v:g}"
+    return str(v)
+
+
+def load_study(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> StudyConfig:
+    """Load a StudyConfig from YAML plus dotted overrides; problems raise ConfigError naming the key."""
+    study = load(StudyConfig, path, overrides)
+    # Every configuration must make a valid RunConfig; say so now, not in a trial an hour later.
+    from synrank.study.space import expand
+
+    try:
+        expand(study)
+    except ValueError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+    return study
+
+
+def _abs(path: str | None) -> str | None:
+    if path is None or "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def absolutize(study: StudyConfig) -> StudyConfig:
+    """The study with every local path made absolute (trials and Train workers run in other
+    working directories). Model names that are not existing paths are left alone."""
+    data = study.model_dump(mode="json")
+    data["study_dir"] = _abs(data["study_dir"])
+    g = data["base"]["groups"]
+    for key in ("synthetic", "collection", "queries", "llm_qrels", "out"):
+        g[key] = _abs(g[key])
+    for section in ("train", "evaluate"):
+        enc = data["base"][section]["encoder"]
+        if enc["model"] != "default" and os.path.exists(os.path.expanduser(enc["model"])):
+            enc["model"] = _abs(enc["model"])
+    gen = data["base"]["generate"]
+    for key in ("queries", "out"):
+        gen[key] = _abs(gen[key])
+    if gen["model"] != "default" and os.path.exists(os.path.expanduser(gen["model"])):
+        gen["model"] = _abs(gen["model"])
+    for part in ("dev", "test"):
+        for c in data[part]:
+            c["path"] = _abs(c["path"])
+    return StudyConfig.model_validate(data)

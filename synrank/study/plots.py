@@ -1,0 +1,239 @@
+"""The study report's PNG plots (matplotlib, Agg): written by `report.write_report`.
+
+- ``<measure>_by_objective.png``: one panel per test collection (and the average); x = objective,
+  one bar per (levels, labels, tunables) variant, height = mean over seeds, whisker = the 95 %
+  interval over seeds (none with one seed), dots = the individual seeds;
+- ``heatmap_objective_levels.png``: objective × number of levels, the measure averaged over the test
+  collections (one panel per label source; other axes averaged), annotated;
+- ``training_curves.png``: training loss per step, mean over seeds, one panel per objective (the
+  losses live on different scales), one line per variant.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from synrank.study.config import StudyConfig
+from synrank.study.store import StudyStore
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, store: StudyStore, name: str) -> str:
+    path = store.path("report", "plots", name)
+    if store.local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp.png"
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    else:
+        import fsspec
+
+        with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
+            fig.savefig(tmp.name, dpi=120, bbox_inches="tight")
+            with open(tmp.name, "rb") as src, fsspec.open(path, "wb") as dst:
+                dst.write(src.read())
+    _plt().close(fig)
+    return path
+
+
+def _variant(axes: dict[str, Any], drop: set[str]) -> str:
+    parts = []
+    for k, v in axes.items():
+        if k in drop:
+            continue
+        if k == "n_levels":
+            parts.append(f"{v} levels")
+        elif k == "source":
+            parts.append(f"{v} labels")
+        else:
+            parts.append(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}")
+    return ", ".join(parts) or "all"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
+    from synrank.study.report import pretty, seed_values
+
+    plt = _plt()
+    m = study.report.measure
+    colls = list(tables.test_colls) + (["average"] if len(tables.test_colls) > 1 else [])
+    if not colls:
+        return None
+    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
+    variants = list(dict.fromkeys(_variant(c.axes, {"loss"}) for c in tables.configs))
+    by = {(c.axes["loss"], _variant(c.axes, {"loss"})): c for c in tables.configs}
+    row = {r["config_id"]: r for r in tables.rows}
+    n_var = len(variants)
+    width = 0.8 / max(1, n_var)
+    cmap = plt.get_cmap("tab10" if n_var <= 10 else "tab20")
+    fig, axs = plt.subplots(1, len(colls), figsize=(max(5.5, 1.1 * len(objectives) * max(1, n_var) ** 0.5 + 1.5)
+                                                     * len(colls) ** 0.8, 4.2), squeeze=False, sharey=True)
+    for ax, coll in zip(axs[0], colls):
+        for j, var in enumerate(variants):
+            xs, means, lo_err, hi_err = [], [], [], []
+            for i, obj in enumerate(objectives):
+                c = by.get((obj, var))
+                if c is None:
+                    continue
+                r = row[c.config_id]
+                mean = r.get(f"test/{coll}/{m}/mean", math.nan)
+                if not _finite(mean):
+                    continue
+                lo, hi = r.get(f"test/{coll}/{m}/ci_low", math.nan), r.get(f"test/{coll}/{m}/ci_high", math.nan)
+                x = i - 0.4 + width * (j + 0.5)
+                xs.append(x)
+                means.append(mean)
+                lo_err.append(mean - lo if _finite(lo) else 0.0)
+                hi_err.append(hi - mean if _finite(hi) else 0.0)
+                seeds = seed_values(c, "test", tables.test_colls, m, coll)
+                if len(seeds) > 1:
+                    ax.scatter([x] * len(seeds), seeds, s=9, color="black", alpha=0.55, zorder=3, linewidths=0)
+            if xs:
+                bars = ax.bar(xs, means, width=width * 0.92, color=cmap(j % cmap.N),
+                              label=var if coll == colls[0] else None,
+                              yerr=[lo_err, hi_err] if any(lo_err) or any(hi_err) else None, capsize=3,
+                              error_kw={"elinewidth": 1, "alpha": 0.8})
+                if len(objectives) * n_var <= 24:
+                    ax.bar_label(bars, labels=[f"{v:.3f}" for v in means], padding=2, fontsize=7,
+                                 label_type="edge")
+        ax.set_xticks(range(len(objectives)))
+        ax.set_xticklabels(objectives, rotation=30 if len(objectives) > 3 else 0, ha="right" if len(objectives) > 3 else "center")
+        ax.set_title(coll)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axs[0][0].set_ylabel(f"{pretty(m)} (mean over seeds, 95% CI)")
+    if n_var > 1:
+        fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(n_var, 4), frameon=False)
+    fig.suptitle(f"{study.name}: {pretty(m)} per objective", y=1.02)
+    fig.tight_layout()
+    return _save(fig, store, f"{m.replace('@', '')}_by_objective.png")
+
+
+def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
+    from synrank.study.report import pretty
+
+    plt = _plt()
+    m = study.report.measure
+    if not tables.test_colls:
+        return None
+    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
+    levels = sorted({int(c.axes["n_levels"]) for c in tables.configs})
+    sources = list(dict.fromkeys(c.axes["source"] for c in tables.configs))
+    row = {r["config_id"]: r for r in tables.rows}
+    fig, axs = plt.subplots(1, len(sources), figsize=(1.2 * len(levels) * len(sources) + 2.8 * len(sources),
+                                                      0.45 * len(objectives) + 1.8), squeeze=False)
+    values = [row[c.config_id].get(f"test/average/{m}/mean", math.nan) for c in tables.configs]
+    finite = [v for v in values if _finite(v)]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.01, vmax + 0.01
+    im = None
+    for ax, src in zip(axs[0], sources):
+        grid = np.full((len(objectives), len(levels)), np.nan)
+        for i, obj in enumerate(objectives):
+            for j, lv in enumerate(levels):
+                vals = [row[c.config_id].get(f"test/average/{m}/mean", math.nan) for c in tables.configs
+                        if c.axes["loss"] == obj and int(c.axes["n_levels"]) == lv and c.axes["source"] == src]
+                vals = [v for v in vals if _finite(v)]
+                if vals:
+                    grid[i, j] = float(np.mean(vals))
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(len(objectives)):
+            for j in range(len(levels)):
+                v = grid[i, j]
+                if np.isnan(v):
+                    ax.text(j, i, "no result", ha="center", va="center", fontsize=8, color="0.45")
+                    continue
+                bright = (v - vmin) / (vmax - vmin) > 0.6
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=9, color="black" if bright else "white")
+        ax.set_xticks(range(len(levels)))
+        ax.set_xticklabels([str(lv) for lv in levels])
+        ax.set_yticks(range(len(objectives)))
+        ax.set_yticklabels(objectives)
+        ax.set_xlabel("relevance levels")
+        ax.set_title(f"{src} labels")
+    if im is not None:
+        cbar = fig.colorbar(im, ax=axs[0].tolist(), shrink=0.85, label=f"{pretty(m)}, mean over test collections")
+        cbar.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%.3f"))
+    fig.suptitle(f"{study.name}: {pretty(m)} by objective × number of levels", y=1.06)
+    return _save(fig, store, "heatmap_objective_levels.png")
+
+
+def plot_training_curves(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
+    plt = _plt()
+    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
+    curves = []
+    for c in tables.configs:
+        hist = [t.history for t in c.completed if t.history]
+        if not hist:
+            continue
+        n = min(len(h) for h in hist)
+        steps = np.array([h[i]["step"] for i in range(n) for h in hist[:1]])
+        loss = np.array([[h[i]["loss"] for i in range(n)] for h in hist])
+        curves.append((c, steps, loss.mean(0), loss.std(0) if len(hist) > 1 else None))
+    if not curves:
+        return None
+    cols = min(4, len(objectives))
+    rows = math.ceil(len(objectives) / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    variants = list(dict.fromkeys(_variant(c.axes, {"loss"}) for c, *_ in curves))
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    for k, obj in enumerate(objectives):
+        ax = axs[k // cols][k % cols]
+        for c, steps, mean, std in curves:
+            if c.axes["loss"] != obj:
+                continue
+            var = _variant(c.axes, {"loss"})
+            color = cmap(variants.index(var) % cmap.N)
+            ax.plot(steps, mean, color=color, label=var, marker="." if len(steps) <= 30 else None)
+            if std is not None:
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(obj)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+    for k in range(len(objectives), rows * cols):
+        axs[k // cols][k % cols].axis("off")
+    handles, labels = [], []
+    for ax in axs.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if len(labels) > 1 or (labels and labels[0] != "all"):
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4),
+                   frameon=False)
+    fig.suptitle(f"{study.name}: training loss (mean over seeds ± 1 sd)", y=1.02)
+    fig.tight_layout()
+    return _save(fig, store, "training_curves.png")
+
+
+def write_plots(store: StudyStore, study: StudyConfig, tables, trials) -> dict[str, str]:
+    """{title: path} of the plots that have data."""
+    from synrank.study.report import pretty
+
+    out = {}
+    for title, fn in ((f"{pretty(study.report.measure)} per objective and collection", plot_by_objective),
+                      ("Objective × number of relevance levels", plot_heatmap),
+                      ("Training curves", plot_training_curves)):
+        path = fn(store, study, tables, trials)
+        if path:
+            out[title] = path
+    return out
