@@ -37,6 +37,9 @@ def _embedded_defaults() -> None:
     # Ray reads it once, at import; set both the variable (for Ray's child processes) and the
     # constant (in case Ray was imported before we got here).
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # vLLM's engine processes talk over a message queue bound to the machine's address unless told
+    # otherwise; on one machine that is loopback. Ray's workers inherit this environment.
+    os.environ.setdefault("VLLM_HOST_IP", LOOPBACK)
     import ray._private.ray_constants as ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
