@@ -83,7 +83,7 @@ class GenerateConfig(Section):
 
 
 class AnnotateConfig(Section):
-    """`synrank annotate`: graded LLM labels for real (query, passage) pairs."""
+    """`synrank annotate`: graded LLM labels for real (query, passage) pairs (see synrank/annotate/)."""
 
     collection: str | None = None
     split: str = "test"
@@ -91,16 +91,29 @@ class AnnotateConfig(Section):
     model: str = "default"
     n_levels: int = Field(4, ge=2, le=5)
     candidates: str = Field("bm25", description="bm25, or an encoder model for dense candidates")
-    top_n: int = Field(10, ge=1)
-    include_judged: bool = True
+    top_n: int = Field(10, ge=0)
+    include_judged: bool = Field(True, description="also judge every passage people judged for the query")
     prompt_version: str = "v1"
-    max_retries: int = Field(2, ge=0)
-    limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(64, ge=1)
-    shard_size: int = Field(16, ge=1)
+    constrained: bool = Field(True, description="first attempt: choice decoding over the grades where the engine has it")
+    max_tokens: int = Field(8, ge=1, description="answer length limit of unconstrained attempts")
+    max_retries: int = Field(2, ge=0, description="new attempts (sampled, unconstrained) for an unparseable answer")
+    retry_temperature: float = Field(0.7, ge=0.0)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="only the first N queries")
+    batch_size: int = Field(64, ge=1, description="sequences an engine decodes together; dense encoder batch")
+    shard_size: int = Field(16, ge=1, description="queries per output shard (the unit of resumption)")
+    overwrite: bool = Field(False, description="start over in an output folder written with other settings")
+    engine: Literal["vllm", "transformers"] = "vllm"
+    engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
     num_engines: int | None = Field(None, ge=1)
+    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(2048, ge=256)
+    enforce_eager: bool | None = Field(None, description="default: eager on CPU, compiled on GPU")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: float | None = Field(None, gt=0.0)
 
 
 class QuerySplitConfig(Section):

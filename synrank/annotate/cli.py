@@ -244,7 +244,7 @@ def _annotate(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"annotate: {done}/{total} shards", file=sys.stderr, flush=True)
 
-    result = annotate(cfg, overwrite=args.overwrite, address=address, on_shard=progress)
+    result = annotate(cfg, overwrite=args.overwrite or cfg.overwrite, address=address, on_shard=progress)
     s = result.summary
     print(f"{s['pairs']} pairs of {s['queries']} queries: {s['graded']} graded, {s['failed']} failed "
           f"(retried {s['retried_pairs']}); grades {s['grade_histogram']}")
@@ -281,8 +281,7 @@ def _collection_agreement(cfg, qrels_path: str):
 
 
 def _consistency(args: argparse.Namespace) -> int:
-    from synrank.annotate.consistency import check_consistency, filter_synthetic
-    from synrank.annotate.engine import engine_judge
+    from synrank.annotate.consistency import filter_synthetic, run_consistency
     from synrank.data.atomic import write_json, write_parquet
     from synrank.data.readers import collection_file, read_queries, read_table
 
@@ -293,11 +292,8 @@ def _consistency(args: argparse.Namespace) -> int:
     synthetic = read_table(args.synthetic, "synthetic")
     queries_path = collection_file(args.queries, "queries") or args.queries
     queries = read_queries(queries_path)
-    judge = engine_judge(cfg, address=address)
-    per_call = max(1, cfg.batch_size // max(1, cfg.shard_size * 4))
-    result = check_consistency(synthetic, queries, out, judge, n_levels=cfg.n_levels,
-                               prompt_version=cfg.prompt_version, max_retries=cfg.max_retries,
-                               shard_size=cfg.shard_size, shards_per_call=per_call, overwrite=args.overwrite)
+    result = run_consistency(cfg, synthetic, queries, out, address=address,
+                             overwrite=args.overwrite or cfg.overwrite)
     print(result.format())
     paths = result.write(out)
     print(f"wrote {paths['json']}, {paths['text']}, {paths['png']}", file=sys.stderr)

@@ -114,12 +114,32 @@ def consistency_report(judgments: pa.Table, n_levels: int) -> tuple[AgreementRep
 
 def check_consistency(synthetic: pa.Table, queries: pa.Table, out: str, judge: Judge, *, n_levels: int = 4,
                       prompt_version: str = "v1", max_retries: int = 2, shard_size: int = 16,
-                      shards_per_call: int = 1, overwrite: bool = False) -> ConsistencyResult:
-    """Judge every synthetic passage (resumably, into `out`) and compare with its intended level."""
+                      overwrite: bool = False) -> ConsistencyResult:
+    """Judge every synthetic passage with `judge` (resumably, into `out`) and compare with its
+    intended level."""
     pairs = synthetic_pairs(synthetic, queries)
     result = judge_pairs(pairs, out, judge, n_levels=n_levels, prompt_version=prompt_version,
-                         max_retries=max_retries, shard_size=shard_size, shards_per_call=shards_per_call,
-                         overwrite=overwrite, identity={"kind": "consistency"})
+                         max_retries=max_retries, shard_size=shard_size, overwrite=overwrite,
+                         identity={"kind": "consistency"})
+    return _result(result, out, n_levels)
+
+
+def run_consistency(cfg, synthetic: pa.Table, queries: pa.Table, out: str, *, pool: Any | None = None,
+                    address: str | None = None, overwrite: bool | None = None) -> ConsistencyResult:
+    """`check_consistency` with the judge of an AnnotateConfig: the engine pool `pool`, the named
+    pool `cfg.engine_pool`, or engines started for the run (model, prompt, scale, retries, shard
+    size from `cfg`; `cfg.n_levels` must be the scale the passages were generated on)."""
+    from synrank.annotate.pipeline import _judge_with
+
+    pairs = synthetic_pairs(synthetic, queries)
+    cfg = cfg.model_copy(update={"out": out})
+    result = _judge_with(cfg, pairs, judge=None, pool=pool, address=address,
+                         overwrite=cfg.overwrite if overwrite is None else overwrite,
+                         identity={"kind": "consistency"}, on_shard=None)
+    return _result(result, out, cfg.n_levels)
+
+
+def _result(result: JudgeResult, out: str, n_levels: int) -> ConsistencyResult:
     judgments = read_judgments(out)
     report, failed = consistency_report(judgments, n_levels)
     return ConsistencyResult(report, failed, result, judgments)

@@ -117,6 +117,12 @@ class _Pending:
     reason: str = "not judged"
 
 
+def _is_failure(answer: object) -> bool:
+    from synrank.annotate.engine import EngineFailure
+
+    return isinstance(answer, EngineFailure)
+
+
 def judge_prompts(prompts: Sequence[JudgePrompt], judge: Judge, n_levels: int, max_retries: int
                   ) -> list[_Pending]:
     """Judge every prompt: first attempt for all, then retries for the unparseable ones only."""
@@ -129,6 +135,10 @@ def judge_prompts(prompts: Sequence[JudgePrompt], judge: Judge, n_levels: int, m
         if len(answers) != len(todo):
             raise RuntimeError(f"judge {judge.model!r} returned {len(answers)} answers for {len(todo)} prompts")
         for it, answer in zip(todo, answers):
+            if _is_failure(answer):  # the engine gave no answer: its message is kept, never parsed
+                it.answers.append(str(answer))
+                it.grade, it.reason = None, f"engine {answer}"[:300]
+                continue
             text = answer if isinstance(answer, str) else ("" if answer is None else str(answer))
             it.answers.append(text)
             parsed = parse_answer(text, n_levels)
@@ -256,6 +266,63 @@ def _judgment_schema(passthrough: pa.Schema) -> pa.Schema:
     return pa.schema(JUDGMENT_FIELDS + [f for f in passthrough if f.name not in JUDGMENT_NAMES])
 
 
+@dataclass(frozen=True)
+class ShardSettings:
+    """What judging one shard needs besides its pairs and the judge (picklable, for Ray workers)."""
+
+    out: str
+    n_levels: int
+    prompt_version: str
+    max_retries: int
+    schema: pa.Schema
+
+
+def judge_shard(shard: int, rows: Sequence[int], pairs: pa.Table, judge: Judge, settings: ShardSettings
+                ) -> dict[str, Any]:
+    """Judge the pairs `rows` of `pairs` (with retries) and write them as shard `shard`, atomically."""
+    started = time.perf_counter()
+    rows = list(rows)
+    part = pairs.take(pa.array(rows, pa.int64()))
+    prompts = [build_prompt(q, p, settings.n_levels, settings.prompt_version)
+               for q, p in zip(part.column("query").to_pylist(), part.column("passage").to_pylist())]
+    results = judge_prompts(prompts, judge, settings.n_levels, settings.max_retries)
+    keys = list(zip(part.column("query_id").to_pylist(), part.column("doc_id").to_pylist()))
+    passthrough = part.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
+    table = _judgment_table(results, keys, passthrough, settings.schema, judge.model, settings.prompt_version)
+    write_parquet(table, _join(settings.out, "shards", shard_name(shard)))
+    graded = sum(1 for it in results if it.grade is not None)
+    return {"shard": int(shard), "pairs": len(rows), "graded": graded, "failed": len(rows) - graded,
+            "requests": sum(len(it.answers) for it in results), "wall_s": round(time.perf_counter() - started, 3)}
+
+
+class _ShardWorker:
+    """The Ray Data stage: one shard in, judged on engine `shard % num_engines`, written; a summary out."""
+
+    def __init__(self, pairs: list, judge: Any, settings: ShardSettings) -> None:
+        import ray
+
+        self.pairs = ray.get(pairs[0])  # the pairs table, shared through the object store
+        self.judge = judge
+        self.settings = settings
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        shard = int(row["shard"])
+        judge = self.judge.on_engine(shard) if hasattr(self.judge, "on_engine") else self.judge
+        return judge_shard(shard, [int(r) for r in row["rows"]], self.pairs, judge, self.settings)
+
+
+def _run_ray_data(tasks: list[tuple[int, list[int]]], pairs: pa.Table, judge: Any, settings: ShardSettings,
+                  on_summary: Callable[[dict[str, Any]], None]) -> None:
+    import ray
+
+    ref = ray.put(pairs)
+    ds = ray.data.from_items([{"shard": s, "rows": rows} for s, rows in tasks], override_num_blocks=len(tasks))
+    ds = ds.map(_ShardWorker, fn_constructor_kwargs={"pairs": [ref], "judge": judge, "settings": settings},
+                concurrency=max(1, 2 * int(getattr(judge, "num_engines", 1))), num_cpus=0.1)
+    for summary in ds.iter_rows():
+        on_summary(dict(summary))
+
+
 def judge_pairs(
     pairs: pa.Table,
     out: str,
@@ -265,18 +332,18 @@ def judge_pairs(
     prompt_version: str = "v1",
     max_retries: int = 2,
     shard_size: int = 16,
-    shards_per_call: int = 1,
     overwrite: bool = False,
     identity: dict[str, Any] | None = None,
     on_shard: Callable[[int, int], None] | None = None,
+    ray_data: bool | None = None,
 ) -> JudgeResult:
     """Judge every pair of `pairs` into `out` (see the module docstring), resuming what is there.
 
     `pairs`: query_id, doc_id, query, passage (texts), plus pass-through columns (kept in the
-    output). `shards_per_call`: shards judged in one call to the judge (a bigger batch for the
-    engines); each is still written as soon as its call returns. `identity`: extra manifest
-    entries a rerun must match (the caller's candidate settings). `on_shard(done, total)` is
-    called after each shard is written.
+    output). `identity`: extra manifest entries a rerun must match (the caller's candidate
+    settings). `on_shard(done, total)` is called after each shard is written. `ray_data`: judge
+    the shards in a Ray Data pipeline whose workers call the engines (default: for an engine
+    judge, `synrank.annotate.engine.EngineJudge`); otherwise shard after shard in this process.
     """
     check_version(prompt_version)
     _check_pairs(pairs)
@@ -298,9 +365,7 @@ def judge_pairs(
         raise AnnotateError(f"{out}/pairs.parquet does not hold the pairs of this run; overwrite to start over")
 
     passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
-    schema = _judgment_schema(passthrough.schema)
-    queries = pairs.column("query").to_pylist()
-    passages = pairs.column("passage").to_pylist()
+    settings = ShardSettings(out, n_levels, prompt_version, max_retries, _judgment_schema(passthrough.schema))
     rows_of: dict[str, list[int]] = {}
     for i, (q, _) in enumerate(keys):
         rows_of.setdefault(q, []).append(i)
@@ -313,24 +378,26 @@ def judge_pairs(
     log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, len(keys), len(shards),
              len(shards) - len(pending), len(pending))
 
+    tasks = [(s, [r for q in shards[s] for r in rows_of[q]]) for s in pending]
     finished = len(shards) - len(pending)
-    for start in range(0, len(pending), max(1, shards_per_call)):
-        group = pending[start : start + max(1, shards_per_call)]
-        rows = [r for s in group for q in shards[s] for r in rows_of[q]]
-        prompts = [build_prompt(queries[r], passages[r], n_levels, prompt_version) for r in rows]
-        t0 = time.perf_counter()
-        results = judge_prompts(prompts, judge, n_levels, max_retries)
-        log.info("judged %d pairs in %.1f s", len(rows), time.perf_counter() - t0)
-        by_row = dict(zip(rows, results))
-        for s in group:
-            shard_rows = [r for q in shards[s] for r in rows_of[q]]
-            table = _judgment_table([by_row[r] for r in shard_rows], [keys[r] for r in shard_rows],
-                                    passthrough.take(shard_rows), schema, judge.model, prompt_version)
-            write_parquet(table, _join(out, "shards", shard_name(s)))
-            finished += 1
-            if on_shard:
-                on_shard(finished, len(shards))
-    return finalize(out, keys, schema, ident)
+
+    def summary_done(summary: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        log.info("shard %d: %d pairs, %d graded, %d failed, %d requests in %.1f s (%d of %d shards)",
+                 summary["shard"], summary["pairs"], summary["graded"], summary["failed"], summary["requests"],
+                 summary["wall_s"], finished, len(shards))
+        if on_shard:
+            on_shard(finished, len(shards))
+
+    if tasks:
+        use_ray = ray_data if ray_data is not None else hasattr(judge, "handle")
+        if use_ray:
+            _run_ray_data(tasks, pairs, judge, settings, summary_done)
+        else:
+            for s, rows in tasks:
+                summary_done(judge_shard(s, rows, pairs, judge, settings))
+    return finalize(out, keys, settings.schema, ident)
 
 
 def _judgment_table(results: list[_Pending], keys: list[tuple[str, str]], passthrough: pa.Table,
@@ -424,11 +491,13 @@ def candidate_pairs(cfg, collection) -> pa.Table:
     return _attach_texts(cands, collection)
 
 
-def annotate(cfg, *, judge: Judge | None = None, overwrite: bool = False, address: str | None = None,
-             on_shard: Callable[[int, int], None] | None = None) -> JudgeResult:
+def annotate(cfg, *, judge: Judge | None = None, pool: Any | None = None, overwrite: bool | None = None,
+             address: str | None = None, on_shard: Callable[[int, int], None] | None = None) -> JudgeResult:
     """`synrank annotate`: candidates of a collection's queries, judged by an LLM (see module doc).
 
-    `judge`: default an engine pool of `cfg.model` on the connected Ray cluster.
+    The judge: `judge` if given (any `Judge`, judged in this process); else an `EngineJudge` on
+    `pool` (an `EnginePool`, e.g. a test's shared one), else on the named pool `cfg.engine_pool`,
+    else on engines started for this run (and stopped at its end) on the Ray cluster at `address`.
     """
     from synrank.data.readers import load_collection
 
@@ -437,6 +506,7 @@ def annotate(cfg, *, judge: Judge | None = None, overwrite: bool = False, addres
     if not cfg.out:
         raise AnnotateError("annotate needs an output folder (annotate.out or --out)")
     check_version(cfg.prompt_version)
+    overwrite = cfg.overwrite if overwrite is None else overwrite
     collection = load_collection(cfg.collection, cfg.split)
     if collection.corpus is None:
         raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
@@ -445,19 +515,51 @@ def annotate(cfg, *, judge: Judge | None = None, overwrite: bool = False, addres
                 "top_n": cfg.top_n, "include_judged": cfg.include_judged, "limit": cfg.limit}
     if not overwrite and exists(pairs_path) and exists(_join(cfg.out, "manifest.json")):
         # Resume: judge the stored pairs, not a fresh candidate selection.
-        stored = _read_parquet(pairs_path)
-        pairs = _attach_texts(stored, collection)
+        pairs = _attach_texts(_read_parquet(pairs_path), collection)
     else:
         pairs = candidate_pairs(cfg, collection)
-    if judge is None:
-        from synrank.annotate.engine import engine_judge
+    return _judge_with(cfg, pairs, judge=judge, pool=pool, address=address, overwrite=overwrite, identity=identity,
+                       on_shard=on_shard)
 
-        judge = engine_judge(cfg, address=address)
-    per_call = max(1, math.ceil(cfg.batch_size * max(1, getattr(judge, "num_engines", 1))
-                                / max(1, cfg.shard_size * max(1, cfg.top_n))))
-    return judge_pairs(pairs, cfg.out, judge, n_levels=cfg.n_levels, prompt_version=cfg.prompt_version,
-                       max_retries=cfg.max_retries, shard_size=cfg.shard_size, shards_per_call=per_call,
-                       overwrite=overwrite, identity=identity, on_shard=on_shard)
+
+def _judge_with(cfg, pairs: pa.Table, *, judge: Judge | None, pool: Any | None, address: str | None,
+                overwrite: bool, identity: dict[str, Any], on_shard: Callable[[int, int], None] | None
+                ) -> JudgeResult:
+    """judge_pairs with `judge`, or an engine judge on `pool` / the configured engines."""
+    kwargs = dict(n_levels=cfg.n_levels, prompt_version=cfg.prompt_version, max_retries=cfg.max_retries,
+                  shard_size=cfg.shard_size, overwrite=overwrite, identity=identity, on_shard=on_shard)
+    if judge is not None:
+        return judge_pairs(pairs, cfg.out, judge, **kwargs)
+    from synrank.annotate.engine import EngineJudge, start_pool, engine_spec
+
+    owned = False
+    if pool is None:
+        if _all_judged(cfg.out, pairs, cfg, overwrite):
+            # nothing to judge: finish without starting engines (the model label is all that is needed)
+            from synrank.generate.engine import model_label
+
+            return judge_pairs(pairs, cfg.out, FunctionJudge(_no_calls, model=model_label(cfg.model)), **kwargs)
+        pool, owned = start_pool(cfg, address)
+    elif pool.spec.label != engine_spec(cfg).label:
+        raise AnnotateError(f"the engine pool runs {pool.spec.label}, the config asks for {engine_spec(cfg).label}")
+    try:
+        return judge_pairs(pairs, cfg.out, EngineJudge.from_pool(pool, cfg), **kwargs)
+    finally:
+        if owned:
+            pool.shutdown()
+
+
+def _no_calls(prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
+    raise RuntimeError("no pair should be left to judge")
+
+
+def _all_judged(out: str, pairs: pa.Table, cfg, overwrite: bool) -> bool:
+    """Whether `out` already holds every shard of this run (a rerun of a finished run)."""
+    if overwrite or not exists(_join(out, "manifest.json")):
+        return False
+    n_queries = len(set(pairs.column("query_id").to_pylist()))
+    expected = {shard_name(i) for i in range(math.ceil(n_queries / cfg.shard_size))}
+    return expected <= _list_shards(out)
 
 
 def _attach_texts(pairs: pa.Table, collection) -> pa.Table:
