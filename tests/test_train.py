@@ -1,0 +1,291 @@
+"""Training: batches and labels, the loop in-process (every loss, exact resume), and Ray Train runs
+with two CPU workers (learning, gathering, checkpoints, export, faults).
+
+A 2-layer cut of the packaged all-MiniLM-L6-v2 and tiny max lengths keep each step cheap on a
+2-core CI box; the Ray Train behaviour does not depend on the model's depth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synrank.config import EncoderConfig, GroupsConfig, TrainConfig
+from synrank.train.collate import BatchPlan, GroupData, collate
+from synrank.train.loop import lr_lambda
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """all-MiniLM-L6-v2 cut to its first 2 layers, saved as an HF directory."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from synrank.models import resolve_encoder
+
+    src = resolve_encoder("default")
+    out = tmp_path_factory.mktemp("tiny-minilm")
+    model = AutoModel.from_pretrained(src)
+    model.encoder.layer = model.encoder.layer[:2]
+    model.config.num_hidden_layers = 2
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+def _encoder(path: str) -> EncoderConfig:
+    return EncoderConfig(model=path, max_query_length=16, max_passage_length=32)
+
+
+@pytest.fixture(scope="session")
+def cranfield_groups(shared_data, tmp_path_factory) -> str:
+    from synrank.data.groups import build_groups, write_groups
+
+    cfg = GroupsConfig(source="human", collection=str(shared_data / "cranfield"), qrels_levels=5, n_levels=5,
+                       group_size=3, bm25_negatives=10, limit=8)
+    table, stats = build_groups(cfg)
+    path = str(tmp_path_factory.mktemp("groups") / "cranfield-human.parquet")
+    write_groups(table, path, stats)
+    return path
+
+
+def _hand_groups(tmp_path: Path, n: int = 6) -> str:
+    import pyarrow as pa
+
+    from synrank.data import schemas
+    from synrank.data.groups import write_groups
+
+    rows = []
+    for i in range(n):
+        rows.append({"query_id": f"q{i}", "query": f"question number {i} about wings",
+                     "doc_ids": [f"q{i}-a", f"q{i}-b", f"q{i}-c"],
+                     "texts": [f"answer {i} about wing lift", f"partial {i} wing", f"unrelated {i} text"],
+                     "grades": [3.0, 1.0, 0.0], "sources": ["synthetic"] * 3})
+    path = str(tmp_path / "hand.parquet")
+    write_groups(pa.Table.from_pylist(rows, schema=schemas.TRAINING_GROUPS), path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# batches, labels, schedule
+
+
+def test_collate_labels_mask_and_duplicates():
+    data = GroupData(
+        query_ids=["a", "b", "c", "d"],
+        queries=["qa", "qb", "qc", "qd"],
+        doc_ids=[["x", "y"], ["z", "x", "w"], ["u"], ["v", "t"]],
+        texts=[["tx", "ty"], ["tz", "tx", "tw"], ["tu"], ["tv", "tt"]],
+        grades=[[2.0, 0.0], [1.0, 0.0, 0.0], [3.0], [1.0, 1.0]],
+    )
+    gidx = np.array([0, 1, 2, 3])
+    b0 = collate(data, gidx, 0, 2, 3)
+    b1 = collate(data, gidx, 1, 2, 3)
+    assert b0.labels.shape == (4, 12) and torch.equal(b0.labels, b1.labels) and torch.equal(b0.mask, b1.mask)
+    assert b0.queries == ["qa", "qb"] and b0.passages == ["tx", "ty", "tz", "tx", "tw"]
+    assert b0.slots.tolist() == [0, 1, 3, 4, 5] and b1.passages == ["tu", "tv", "tt"]
+    assert b1.slots.tolist() == [0, 3, 4]
+    # own grades on own slots, 0 elsewhere
+    assert b0.labels[0].tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert b0.labels[2, 6].item() == 3.0 and b0.labels[3, 9:11].tolist() == [1.0, 1.0]
+    # padding slots are masked for everyone
+    assert not b0.mask[:, 2].any() and not b0.mask[:, 7].any() and not b0.mask[:, 8].any()
+    # "x" is a's own passage and also sits in b's group: that copy is masked for a, and vice versa
+    assert not b0.mask[0, 4] and b0.mask[0, 3] and not b0.mask[1, 0] and b0.mask[1, 4]
+    own_only = collate(data, gidx, 0, 2, 3, in_batch_negatives=False)
+    assert own_only.mask[0].tolist() == [True, True] + [False] * 10
+    assert own_only.mask[1].tolist() == [False] * 3 + [True] * 3 + [False] * 6
+
+
+def test_batch_plan_is_deterministic_and_covers_each_epoch():
+    plan = BatchPlan(10, 2, 2, seed=3)
+    assert plan.per_epoch == 2
+    epoch0 = np.concatenate([plan.global_indices(0), plan.global_indices(1)])
+    assert len(set(epoch0.tolist())) == 8
+    assert BatchPlan(10, 2, 2, seed=3).global_indices(3).tolist() == plan.global_indices(3).tolist()
+    assert plan.epoch_of(3) == 1 and plan.global_indices(2).tolist() != plan.global_indices(0).tolist()
+    with pytest.raises(ValueError, match="cannot fill one global batch"):
+        BatchPlan(3, 2, 2, seed=0)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = lr_lambda(10, 0.2)
+    values = [f(s) for s in range(10)]
+    assert values[:3] == [0.5, 1.0, 1.0] and values[-1] == pytest.approx(1 / 8)
+    assert all(a >= b for a, b in zip(values[1:], values[2:]))
+    assert lr_lambda(5, 0.0)(0) == 1.0
+
+
+def test_gather_is_identity_without_a_process_group():
+    from synrank.train.loop import gather_with_grad
+
+    x = torch.randn(3, 4, requires_grad=True)
+    assert gather_with_grad(x) is x
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop in this process
+
+
+@pytest.mark.parametrize("loss", ["infonce", "rand1lh", "jointlh", "summarglh", "lsepair", "kl", "wasserstein",
+                                  "sycl_w2"])
+def test_every_loss_trains_three_steps(loss, tiny_encoder, tmp_path):
+    from synrank.losses import available
+    from synrank.train.loop import run
+
+    assert loss in available()
+    groups = _hand_groups(tmp_path, n=4)
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), loss=loss, batch_size=2, max_steps=3, lr=5e-5,
+                      checkpoint_every=100)
+    out, ctx = run(cfg, groups)
+    losses = [h["loss"] for h in out["history"]]
+    assert [h["step"] for h in out["history"]] == [1, 2, 3] and all(math.isfinite(v) for v in losses)
+    assert len(ctx.reports) == 3 and all(0 <= h["loss_time_fraction"] < 1 for h in out["history"])
+    assert all(h["examples_per_s"] > 0 and h["lr"] > 0 for h in out["history"])
+
+
+def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, tmp_path):
+    from synrank.train.loop import InjectedFault, run
+
+    groups = _hand_groups(tmp_path, n=6)
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, max_steps=4, lr=1e-4, checkpoint_every=2,
+                      seed=7, grad_accumulation=1)
+    first, _ = run(cfg, groups)
+    again, _ = run(cfg, groups)
+    losses = [h["loss"] for h in first["history"]]
+    assert [h["loss"] for h in again["history"]] == losses
+    # a run that fails at step 3 resumes from its step-2 checkpoint and gives the same losses
+    faulty = cfg.model_copy(update={"fail_at_step": 3})
+    ckpts = str(tmp_path / "ckpts")
+    with pytest.raises(InjectedFault):
+        run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    resumed, _ = run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    assert resumed["resumes"] == [2]
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
+
+
+def test_grad_accumulation_and_own_group_scoring_run(tiny_encoder, tmp_path):
+    from synrank.train.loop import run
+
+    groups = _hand_groups(tmp_path, n=4)
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=1, grad_accumulation=2, max_steps=2,
+                      in_batch_negatives=False, loss="lsepair", checkpoint_every=100)
+    out, _ = run(cfg, groups)
+    assert [h["step"] for h in out["history"]] == [1, 2] and out["history"][-1]["epoch"] == 1.0
+
+
+def test_resolve_rejects_bad_settings(tmp_path):
+    from synrank.train.trainer import resolve
+
+    groups = _hand_groups(tmp_path, n=4)
+    with pytest.raises(ValueError, match="unknown loss"):
+        resolve(TrainConfig(loss="nope"), groups, str(tmp_path))
+    with pytest.raises(ValueError, match="unknown parameter"):
+        resolve(TrainConfig(loss="kl", loss_params={"tau": 1}), groups, str(tmp_path))
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        resolve(TrainConfig(batch_size=3, num_workers=2), groups, str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        resolve(TrainConfig(), str(tmp_path / "missing.parquet"), str(tmp_path))
+    resolved = resolve(TrainConfig(batch_size=2, epochs=3), groups, str(tmp_path))
+    assert resolved.group_size == 3 and resolved.max_steps == 6 and resolved.groups == groups
+
+
+def test_train_cli_dry_run(capsys):
+    import yaml
+
+    from synrank.cli import main
+
+    assert main(["train", "--dry-run", "train.loss=lsepair", "train.lr=3e-5", "train.num_workers=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["loss"] == "lsepair" and printed["lr"] == 3e-5 and printed["num_workers"] == 2
+    assert main(["train", "--dry-run", "train.los=x"]) == 2
+    assert "did you mean 'loss'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray Train, two CPU workers
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_session, tiny_encoder, cranfield_groups, tmp_path_factory):
+    from synrank.train import fit
+
+    out = tmp_path_factory.mktemp("run2")
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), loss="infonce", batch_size=2, num_workers=2, max_steps=12,
+                      lr=2e-4, warmup_ratio=0.1, dropout=0.0, seed=0, checkpoint_every=4, keep_checkpoints=2)
+    return cfg, fit(cfg, cranfield_groups, str(out)), cranfield_groups
+
+
+@pytest.mark.slow
+def test_two_workers_learn_checkpoint_and_export(two_worker_run):
+    from sentence_transformers import SentenceTransformer
+
+    from synrank.encoder import BiEncoder
+
+    cfg, result, _ = two_worker_run
+    history = result.metrics_history
+    assert [h["step"] for h in history] == list(range(1, 13))
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert all(h["examples_per_s"] > 0 for h in history)
+    # checkpoints: the final one, and at most keep_checkpoints on disk
+    ckpt_dirs = sorted(p for p in Path(result.out_dir, "ray", "train").glob("checkpoint_*") if p.is_dir())
+    assert result.checkpoint is not None and Path(result.checkpoint.path).name == "checkpoint_0000012"
+    assert 1 <= len(ckpt_dirs) <= cfg.keep_checkpoints
+    assert (Path(result.checkpoint.path) / "model.pt").exists()
+    # exported model: sentence-transformers loads it and gives synrank's embeddings
+    texts = ["lift of a swept wing at supersonic speed", "boundary layer", "heat transfer to a blunt body"]
+    ours = BiEncoder.load(result.model_dir).encode(texts, "passage")
+    st = SentenceTransformer(result.model_dir, device="cpu").encode(texts, convert_to_numpy=True)
+    assert np.abs(ours - st).max() < 1e-5
+    # the run differs from the starting point
+    start = BiEncoder(_encoder(cfg.encoder.model)).encode(texts, "passage")
+    assert np.abs(ours - start).max() > 1e-4
+    # resolved config and curve
+    out = Path(result.out_dir)
+    assert "loss: infonce" in (out / "train_config.yaml").read_text()
+    curve = json.loads((out / "curve.json").read_text())["steps"]
+    assert [c["loss"] for c in curve] == losses
+    assert (out / "curve.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_two_workers_first_loss_equals_one_process_on_the_concatenated_batch(two_worker_run):
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import Towers, build_loss, scores_for
+
+    cfg, result, groups = two_worker_run
+    data = GroupData.from_path(groups)
+    plan = BatchPlan(len(data), cfg.batch_size, cfg.num_workers, cfg.seed)
+    batch = collate(data, plan.global_indices(0), 0, 1, 3, seed=cfg.seed)
+    assert batch.n_queries == 4 and batch.labels.shape == (4, 12)
+    encoder = BiEncoder(cfg.encoder)
+    encoder.train()
+    from synrank.train.loop import set_dropout
+
+    set_dropout(encoder, 0.0)
+    with torch.no_grad():
+        scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
+        reference = float(build_loss(cfg)(scores, batch.labels, batch.mask))
+    assert abs(result.metrics_history[0]["loss"] - reference) < 1e-5, (result.metrics_history[0]["loss"], reference)
+
+
+@pytest.mark.slow
+def test_worker_fault_resumes_from_the_last_checkpoint(ray_session, tiny_encoder, cranfield_groups, tmp_path):
+    from synrank.train import fit
+
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, num_workers=2, max_steps=6, lr=1e-4,
+                      checkpoint_every=2, max_failures=1, fail_at_step=4)
+    result = fit(cfg, cranfield_groups, str(tmp_path / "run"), export=False)
+    assert (tmp_path / "run" / ".fault_injected_at_4").exists()
+    assert result.resumes == [2]
+    assert [h["step"] for h in result.metrics_history] == [1, 2, 3, 4, 5, 6]
+    assert Path(result.checkpoint.path).name == "checkpoint_0000006"
