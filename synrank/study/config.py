@@ -31,7 +31,7 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from synrank.config import ConfigError, QuerySplitConfig, RunConfig, Section, load
 
@@ -117,51 +117,93 @@ class Tunable(Section):
         return self.grid if self.grid is not None else self.choice
 
 
+def _loss_names(v: Any) -> Any:
+    if isinstance(v, list):
+        return [{"name": x} if isinstance(x, str) else x for x in v]
+    return v
+
+
+def _nonempty_unique(v: list[Any] | None) -> list[Any] | None:
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("needs at least one value")
+    keys = [x.display if isinstance(x, LossSpec) else x for x in v]
+    dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate value(s) {', '.join(dup)} (give a loss a distinct label)")
+    return v
+
+
+def _levels(v: list[int] | None) -> list[int] | None:
+    bad = [n for n in v or [] if not 2 <= n <= 5]
+    if bad:
+        raise ValueError(f"levels must be in 2..5, got {bad}")
+    return v
+
+
+def _tunable_keys(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    if v is None:
+        return v
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a mapping of dotted keys to {{grid: [...]}} etc., got {type(v).__name__}")
+    out = {}
+    for key, tunable in v.items():
+        if not isinstance(tunable, Tunable):
+            try:
+                tunable = Tunable.model_validate(tunable)
+            except ValidationError as exc:
+                errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"tunable {key!r}: {errs}") from None
+        full = canonical_key(key)
+        for axis, where in _AXES.items():
+            if full == axis:
+                raise ValueError(f"tunable {key!r} is a study axis; set it with {where}")
+        out[full] = tunable
+    return out
+
+
+Source = Literal["synthetic", "human", "llm", "mixed"]
+
+
+class GridConfig(Section):
+    """A further grid of the study: every axis it leaves out is the main grid's."""
+
+    losses: list[LossSpec] | None = None
+    n_levels: list[int] | None = None
+    sources: list[Source] | None = None
+    tunables: dict[str, Any] | None = None  # {dotted key: Tunable}
+
+    _names = field_validator("losses", mode="before")(classmethod(lambda cls, v: _loss_names(v)))
+    _unique = field_validator("losses", "n_levels", "sources")(classmethod(lambda cls, v: _nonempty_unique(v)))
+    _lv = field_validator("n_levels")(classmethod(lambda cls, v: _levels(v)))
+    _keys = field_validator("tunables")(classmethod(lambda cls, v: _tunable_keys(v)))
+
+
 class SpaceConfig(Section):
-    """The axes of the study."""
+    """The axes of the study: the grid losses × n_levels × sources × tunables (× seeds), plus the
+    grids in ``also`` (each inherits the axes it does not set), so a study can cross everything on
+    one label source and only some objectives on the others."""
 
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="infonce")])
     n_levels: list[int] = [4]
-    sources: list[Literal["synthetic", "human", "llm", "mixed"]] = ["synthetic"]
+    sources: list[Source] = ["synthetic"]
     seeds: list[int] = [0]
-    tunables: dict[str, Tunable] = {}
+    tunables: dict[str, Any] = {}  # {dotted key: Tunable}; Any keeps the generic key checker off the keys
+    also: list[GridConfig] = []
 
-    @field_validator("losses", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"name": x} if isinstance(x, str) else x for x in v]
-        return v
+    _names = field_validator("losses", mode="before")(classmethod(lambda cls, v: _loss_names(v)))
+    _unique = field_validator("losses", "n_levels", "sources", "seeds")(
+        classmethod(lambda cls, v: _nonempty_unique(v)))
+    _lv = field_validator("n_levels")(classmethod(lambda cls, v: _levels(v)))
+    _keys = field_validator("tunables")(classmethod(lambda cls, v: _tunable_keys(v)))
 
-    @field_validator("losses", "n_levels", "sources", "seeds")
-    @classmethod
-    def _nonempty_unique(cls, v: list[Any]) -> list[Any]:
-        if not v:
-            raise ValueError("needs at least one value")
-        keys = [x.display if isinstance(x, LossSpec) else x for x in v]
-        dup = sorted({str(k) for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ValueError(f"duplicate value(s) {', '.join(dup)} (give a loss a distinct label)")
-        return v
-
-    @field_validator("n_levels")
-    @classmethod
-    def _levels(cls, v: list[int]) -> list[int]:
-        bad = [n for n in v if not 2 <= n <= 5]
-        if bad:
-            raise ValueError(f"levels must be in 2..5, got {bad}")
-        return v
-
-    @field_validator("tunables")
-    @classmethod
-    def _keys(cls, v: dict[str, Tunable]) -> dict[str, Tunable]:
-        out = {}
-        for key, tunable in v.items():
-            full = canonical_key(key)
-            for axis, where in _AXES.items():
-                if full == axis:
-                    raise ValueError(f"tunable {key!r} is a study axis; set it with {where}")
-            out[full] = tunable
+    def grids(self) -> list[tuple[list[LossSpec], list[int], list[str], dict[str, Tunable]]]:
+        """(losses, n_levels, sources, tunables) of the main grid, then of each grid in ``also``."""
+        out = [(self.losses, self.n_levels, list(self.sources), self.tunables)]
+        for g in self.also:
+            out.append((g.losses or self.losses, g.n_levels or self.n_levels, list(g.sources or self.sources),
+                        self.tunables if g.tunables is None else g.tunables))
         return out
 
 
@@ -233,7 +275,14 @@ class ReportConfig(Section):
     @field_validator("baseline")
     @classmethod
     def _baseline(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return {_baseline_key(k): val for k, val in v.items()}
+        out = {}
+        for k, val in v.items():
+            try:
+                out[_baseline_key(k)] = val
+            except ValueError:
+                raise ValueError(f"{k!r} is not one of the study axes (loss, n_levels, source, or a tunable's "
+                                 "dotted key such as train.lr)") from None
+        return out
 
 
 class SyntheticConfig(Section):
@@ -258,6 +307,8 @@ class StudyConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: cluster CPUs (GPUs) / trial workers")
     trial_retries: int = Field(0, ge=0, description="Tune retries of a failed trial")
+    worker_resources: dict[str, float] = Field({}, description="extra Ray resources per Train worker, e.g. a "
+                                               "custom node resource such as {synrank_train: 0.25}")
     fail_trials: list[str] = Field([], description="test-only: trial ids (fnmatch patterns) whose training raises")
     top_k: int = Field(100, ge=1)
     evaluation: Literal["stage", "local"] = Field(
@@ -285,12 +336,18 @@ class StudyConfig(Section):
             raise ValueError("asha needs a dev collection (dev:) to rank trials on")
         if self.search.algorithm in ("optuna", "hyperopt") and not self.dev:
             raise ValueError(f"search.algorithm={self.search.algorithm} needs a dev collection to optimise")
-        base_keys = set(self.report.baseline)
-        unknown = base_keys - {"loss", "n_levels", "source"} - set(self.space.tunables)
+        if self.space.also and self.search.algorithm in ("optuna", "hyperopt"):
+            raise ValueError("space.also (further grids) works with grid and random search, not with a searcher")
+        tunables = sorted({k for *_, t in self.space.grids() for k in t})
+        unknown = set(self.report.baseline) - {"loss", "n_levels", "source"} - set(tunables)
         if unknown:
             raise ValueError(f"report.baseline: {sorted(unknown)} are not study axes "
-                             f"(loss, n_levels, source, {', '.join(self.space.tunables) or 'no tunables'})")
+                             f"(loss, n_levels, source, {', '.join(tunables) or 'no tunables'})")
         return self
+
+    @property
+    def all_sources(self) -> list[str]:
+        return list(dict.fromkeys(s for _, _, sources, _ in self.space.grids() for s in sources))
 
     @property
     def dev_measure_key(self) -> str:

@@ -148,11 +148,18 @@ def _trial_dirname(study: StudyConfig):
 
 
 def ensure_synthetic(study: StudyConfig, store: StudyStore, address: str | None) -> None:
-    """Generate the synthetic passages for the training queries once (cached at base.groups.synthetic)."""
+    """Generate the synthetic passages for the training queries once (cached at base.groups.synthetic).
+
+    A finished generation leaves its report (``_report.json``); then nothing is generated. A missing
+    or interrupted one is (re)started and resumes at the first unfinished shard."""
     from synrank.data.atomic import exists
+    from synrank.study.store import join
 
     g = study.base.groups
-    if not ({"synthetic", "mixed"} & set(study.space.sources)) or not g.synthetic or exists(g.synthetic):
+    if not ({"synthetic", "mixed"} & set(study.all_sources)) or not g.synthetic:
+        return
+    finished = exists(join(g.synthetic, "_report.json"))
+    if finished or (exists(g.synthetic) and not study.synthetic.generate):
         return
     if not study.synthetic.generate:
         raise FileNotFoundError(f"base.groups.synthetic={g.synthetic} does not exist and synthetic.generate is off; "
@@ -173,6 +180,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
     from synrank.study.config import absolutize
 
     started = time.perf_counter()
+    started_at = time.time()
     study = absolutize(study)
     specs = expand(study)  # validates every configuration before anything starts
     store = StudyStore(study.study_dir)
@@ -218,7 +226,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
                                       verbose=1),
         )
     grid = tuner.fit()
-    outcomes, new_trials = _record(grid, study, store)
+    outcomes, new_trials = _record(grid, study, store, started_at)
     report_paths: dict[str, str] = {}
     if write_report:
         from synrank.study.report import write_report as _write
@@ -239,8 +247,9 @@ def _move(src: str, dst: str) -> None:
     fs.mv(p, q, recursive=True)
 
 
-def _record(grid, study: StudyConfig, store: StudyStore) -> tuple[list[TrialOutcome], int]:
-    """status.json (and error.txt for failures) per trial from Tune's results."""
+def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> tuple[list[TrialOutcome], int]:
+    """status.json (and error.txt for failures) per trial from Tune's results; also counts the
+    trials that finished training in this call."""
     from synrank.study.trial import RESULT
 
     outcomes = []
@@ -256,7 +265,7 @@ def _record(grid, study: StudyConfig, store: StudyStore) -> tuple[list[TrialOutc
             status, error = "completed", None
         else:
             status, error = "stopped", None
-        if status == "completed" and metrics.get("reused") == 0:
+        if status == "completed" and float(done.get("finished_at", 0.0)) >= started_at:
             new_trials += 1
         store.write_json({"trial_id": spec.trial_id, "status": status, "error": error,
                           "tune_trial_id": metrics.get("trial_id"), "axes": spec.axes, "seed": spec.seed},

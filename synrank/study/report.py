@@ -563,20 +563,19 @@ def write_report(study_dir: str, study: StudyConfig | None = None) -> dict[str, 
     return paths
 
 
-def load_saved_study(store: StudyStore) -> StudyConfig:
-    from synrank.config import ConfigError, build, load_yaml
+def load_saved_study(store: StudyStore, overrides: list[str] | None = None) -> StudyConfig:
+    """The StudyConfig saved in the study directory, with optional dotted overrides."""
+    from synrank.config import apply_overrides, build
 
     if not store.exists(store.config_path):
         raise FileNotFoundError(f"{store.root}: not a study directory (no study.yaml)")
-    if store.local:
-        data = load_yaml(store.config_path)
-    else:
-        import fsspec
-        import yaml
+    import fsspec
+    import yaml
 
-        with fsspec.open(store.config_path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    try:
-        return build(StudyConfig, data, where=store.config_path)
-    except ConfigError:
-        raise
+    with fsspec.open(store.config_path, "r", encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    where = store.config_path
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where += " + overrides"
+    return build(StudyConfig, data, where=where)

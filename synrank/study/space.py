@@ -127,9 +127,11 @@ def _draw(tunable: Tunable, rng: np.random.Generator) -> Any:
     return int(rng.integers(lo, hi))
 
 
-def tunable_points(study: StudyConfig) -> list[dict[str, Any]]:
-    """The tunable assignments of a grid or random study, in a stable order."""
-    tunables = study.space.tunables
+def tunable_points(study: StudyConfig, tunables: dict[str, Tunable] | None = None, grid_index: int = 0
+                   ) -> list[dict[str, Any]]:
+    """The tunable assignments of a grid or random study (of the main grid, or the given tunables),
+    in a stable order."""
+    tunables = study.space.tunables if tunables is None else tunables
     if not tunables:
         return [{}]
     if study.search.algorithm == "grid":
@@ -145,37 +147,41 @@ def tunable_points(study: StudyConfig) -> list[dict[str, Any]]:
     grid = [dict(zip(grid_keys, combo)) for combo in itertools.product(*(tunables[k].grid for k in grid_keys))]
     points = []
     for s in range(study.search.num_samples if drawn else 1):
-        rng = np.random.default_rng([study.search.seed, s])
+        rng = np.random.default_rng([study.search.seed, grid_index, s])
         sample = {k: _draw(tunables[k], rng) for k in drawn}
         points.extend({**g, **sample} for g in grid)
     return points
 
 
 def expand(study: StudyConfig) -> list[TrialSpec]:
-    """Every trial of a grid/random study (configurations × seeds), validated against the base config.
+    """Every trial of a grid/random study (configurations × seeds, over the main grid and the
+    grids in ``space.also``; a trial in two grids runs once), validated against the base config.
 
-    Searcher studies return the seed-0 corner of each axis (for validation only)."""
-    for source in study.space.sources:
+    Searcher studies return one corner of the space (for validation only)."""
+    for source in study.all_sources:
         _check_source(study, source)
-    if study.search.algorithm in ("grid", "random"):
-        points = tunable_points(study)
-    else:
-        rng = np.random.default_rng(study.search.seed)
-        points = [{k: _draw(t, rng) for k, t in study.space.tunables.items()}]
     specs: list[TrialSpec] = []
     seen: dict[str, TrialSpec] = {}
-    for loss, n_levels, source, point in itertools.product(
-            study.space.losses, study.space.n_levels, study.space.sources, points):
-        for seed in study.space.seeds:
-            spec = TrialSpec(loss, n_levels, source, seed, dict(point))
-            try:
-                spec.run_config(study.base)
-            except ConfigError as exc:
-                raise ValueError(f"configuration {spec.config_id}: {exc}") from None
-            if spec.trial_id in seen:
-                raise ValueError(f"two trials have the id {spec.trial_id}: {seen[spec.trial_id].axes} and {spec.axes}")
-            seen[spec.trial_id] = spec
-            specs.append(spec)
+    for index, (losses, levels, sources, tunables) in enumerate(study.space.grids()):
+        if study.search.algorithm in ("grid", "random"):
+            points = tunable_points(study, tunables, index)
+        else:
+            rng = np.random.default_rng(study.search.seed)
+            points = [{k: _draw(t, rng) for k, t in tunables.items()}]
+        for loss, n_levels, source, point in itertools.product(losses, levels, sources, points):
+            for seed in study.space.seeds:
+                spec = TrialSpec(loss, n_levels, source, seed, dict(point))
+                if spec.trial_id in seen:
+                    if seen[spec.trial_id].to_dict() != spec.to_dict():
+                        raise ValueError(f"two different trials have the id {spec.trial_id}: "
+                                         f"{seen[spec.trial_id].to_dict()} and {spec.to_dict()}")
+                    continue
+                try:
+                    spec.run_config(study.base)
+                except ConfigError as exc:
+                    raise ValueError(f"configuration {spec.config_id}: {exc}") from None
+                seen[spec.trial_id] = spec
+                specs.append(spec)
     return specs
 
 

@@ -123,7 +123,7 @@ def _train_config(run: RunConfig, study: StudyConfig, spec: TrialSpec, groups_pa
 
 
 def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, store: StudyStore,
-         report) -> Any:
+         report, extra_resources: dict[str, float] | None = None) -> Any:
     """Fit a TorchTrainer; `report(item)` is called (in this thread) for every rank-0 report."""
     import ray
     import ray.train
@@ -136,6 +136,7 @@ def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, 
     resources = {"CPU": train.cpus_per_worker}
     if train.use_gpu:
         resources["GPU"] = 1
+    resources.update(extra_resources or {})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": train.model_dump(mode="json"), "groups_path": groups_path, "out_dir": fault_dir},
@@ -359,7 +360,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
 
     try:
         t0 = time.perf_counter()
-        result = _fit(spec, train, groups_path, fault_dir, store, forward)
+        result = _fit(spec, train, groups_path, fault_dir, store, forward, study_cfg.worker_resources)
         t_train = time.perf_counter() - t0
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")

@@ -1,0 +1,139 @@
+"""`synrank study` end to end on the session's embedded Ray: study-tiny.yaml as shipped (Tune trials
+that fit a TorchTrainer and evaluate), restoring a finished study, and a failing trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from test_study_report import check_report_matches_trials
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "jobs" / "configs" / "study-tiny.yaml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _paths(shared_data: Path) -> list[str]:
+    """study-tiny.yaml names ../shared/data relative to the repository; follow SYNRANK_SHARED_DATA."""
+    cran = shared_data / "cranfield"
+    return [f"base.groups.collection={cran}",
+            f"test=[{{path: {cran}, name: cranfield, queries: held_out, limit: 60}}]"]
+
+
+def _mtimes(study_dir: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in sorted((study_dir / "trials").glob("*/result.json"))}
+
+
+def test_study_tiny_end_to_end_then_restore(ray_session, shared_data, tmp_path, monkeypatch) -> None:
+    from synrank.study.config import load_study
+    from synrank.study.driver import run_study
+
+    monkeypatch.chdir(REPO)
+    study_dir = tmp_path / "study-tiny"
+    study = load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data)])
+    result = run_study(study)
+
+    assert [t.status for t in result.trials] == ["completed"] * 4, [(t.trial_id, t.error) for t in result.trials]
+    assert not result.restored and result.new_trials == 4
+    # the Train metrics reached Tune (one report per step), then the evaluation
+    for t in result.trials:
+        assert t.metrics["test/cranfield/ndcg@10"] > 0.05
+    trials = sorted((study_dir / "trials").iterdir())
+    assert [p.name for p in trials] == ["infonce_L2_human_s0", "infonce_L4_human_s0",
+                                        "wasserstein_L2_human_s0", "wasserstein_L4_human_s0"]
+    for p in trials:
+        res = json.loads((p / "result.json").read_text())
+        assert res["steps"] == 3 and res["num_queries"]["test"]["cranfield"] == 60
+        assert len(json.loads((p / "history.json").read_text())["steps"]) == 3
+        assert (p / "eval" / "test" / "cranfield" / "run.trec").exists()
+        assert not (study_dir / "train" / p.name).exists()  # checkpoints of finished trials are dropped
+    # groups were built once per (source, levels, seed) and shared by the two losses
+    assert len(list((study_dir / "data" / "groups").glob("*.parquet"))) == 2
+    # Tune's own record: every trial reported every training step, then the final evaluation
+    progress = list((study_dir / "tune").glob("*/progress.csv"))
+    assert len(progress) == 4
+    for path in progress:
+        rows = list(csv.DictReader(path.open()))
+        assert [r["step"] for r in rows[:3]] == ["1", "2", "3"] and "test/cranfield/ndcg@10" in rows[-1]
+
+    # the report: table, CSV, plots, one row per configuration, numbers equal to the trial files
+    report = study_dir / "report"
+    md = (report / "report.md").read_text()
+    assert md.count("| infonce |") == 2 and md.count("| wasserstein |") == 2
+    rows = check_report_matches_trials(study_dir)
+    assert len(rows) == 4
+    for name in ("ndcg10_by_objective.png", "heatmap_objective_levels.png", "training_curves.png"):
+        assert (report / "plots" / name).stat().st_size > 10_000
+
+    # restoring the finished study runs no trial again
+    before = _mtimes(study_dir)
+    again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data)]))
+    assert again.restored and again.new_trials == 0
+    assert [t.status for t in again.trials] == ["completed"] * 4
+    assert _mtimes(study_dir) == before
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_data, tmp_path, monkeypatch) -> None:
+    """One configuration's training raises at step 1; the other trial completes, evaluated through
+    the evaluation stage (Ray Data encoders); the failure is in Tune, status.json and the report."""
+    from synrank.study.config import load_study
+    from synrank.study.driver import run_study
+
+    monkeypatch.chdir(REPO)
+    study_dir = tmp_path / "study-fail"
+    study = load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
+                              "fail_trials=[wasserstein_*]", "evaluation=stage", "base.train.max_steps=2"])
+    result = run_study(study)
+
+    by = {t.trial_id: t for t in result.trials}
+    assert by["infonce_L2_human_s0"].status == "completed"
+    failed = by["wasserstein_L2_human_s0"]
+    assert failed.status == "failed" and "test fault" in failed.error
+    status = json.loads((study_dir / "trials" / "wasserstein_L2_human_s0" / "status.json").read_text())
+    assert status["status"] == "failed" and "test fault" in status["error"]
+    assert "test fault" in (study_dir / "trials" / "wasserstein_L2_human_s0" / "error.txt").read_text()
+    assert not (study_dir / "trials" / "wasserstein_L2_human_s0" / "result.json").exists()
+    ok = json.loads((study_dir / "trials" / "infonce_L2_human_s0" / "result.json").read_text())
+    assert ok["steps"] == 2 and 0.05 < ok["metrics"]["test"]["cranfield"]["ndcg@10"] <= 1.0
+    assert Path(ok["groups"]).exists()
+    # the stage's outputs for the trial's model
+    assert list((study_dir / "trials" / "infonce_L2_human_s0" / "eval").rglob("run.trec"))
+
+    md = (study_dir / "report" / "report.md").read_text()
+    assert "| wasserstein_L2_human_s0 | failed | " in md and "test fault" in md
+    rows = list(csv.DictReader((study_dir / "report" / "results.csv").open()))
+    assert {r["config_id"]: r["seeds_completed"] for r in rows} == {"infonce_L2_human": "1",
+                                                                     "wasserstein_L2_human": "0"}
+
+    # restoring keeps the failed trial failed (no retry) and trains nothing
+    again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
+                                        "fail_trials=[wasserstein_*]", "evaluation=stage",
+                                        "base.train.max_steps=2"]))
+    assert again.restored and again.new_trials == 0
+    assert {t.trial_id: t.status for t in again.trials} == {"infonce_L2_human_s0": "completed",
+                                                            "wasserstein_L2_human_s0": "failed"}
+
+
+def test_changed_study_in_the_same_directory_is_refused(ray_session, shared_data, tmp_path, monkeypatch) -> None:
+    from synrank.config import ConfigError
+    from synrank.study.config import load_study
+    from synrank.study.driver import _check_same_study, _comparable
+    from synrank.study.store import StudyStore
+
+    study = load_study(TINY, [f"study_dir={tmp_path}", *_paths(shared_data)])
+    store = StudyStore(str(tmp_path))
+    store.write_json(_comparable(study), store.path("study.json"))
+    _check_same_study(store, study, fresh=False)
+    changed = load_study(TINY, [f"study_dir={tmp_path}", *_paths(shared_data), "base.train.lr=1.0e-4"])
+    with pytest.raises(ConfigError, match="different configuration .changed: base"):
+        _check_same_study(store, changed, fresh=False)
+    _check_same_study(store, changed, fresh=True)
+    # report settings may change freely
+    _check_same_study(store, load_study(TINY, [f"study_dir={tmp_path}", *_paths(shared_data),
+                                              "report.baseline={n_levels: 2}"]), fresh=False)
+    assert os.path.exists(store.path("study.json"))
