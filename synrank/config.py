@@ -209,11 +209,24 @@ class EvaluateConfig(Section):
     num_encoders: int | None = Field(None, ge=1)
 
 
+class PipelineConfig(Section):
+    """`synrank pipeline`: how the stages are chained in one run directory."""
+
+    collection: str | None = Field(
+        None, description="BEIR folder whose judged queries are split into train (generated for) and test "
+        "(evaluated); default: generate.queries split the same way, evaluated on their generated passages")
+    test_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="queries held out for evaluation")
+    split_seed: int = 13
+    annotate: bool = Field(False, description="run the annotation stage (needs pipeline.collection)")
+    baselines: list[str] = Field(["bm25", "default"], description="also evaluated, for the summary table")
+
+
 class RunConfig(Section):
     """A whole run (`synrank pipeline`): every stage's settings and one run directory."""
 
     run_dir: str = "runs/default"
     runtime: RuntimeConfig = RuntimeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     generate: GenerateConfig = GenerateConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     groups: GroupsConfig = GroupsConfig()

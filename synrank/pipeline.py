@@ -1,0 +1,399 @@
+"""`synrank pipeline`: every stage in one run directory, resumable stage by stage.
+
+    queries ─ split ─┬─ train queries ─ generate ─ (annotate) ─ groups ─ train ─┐
+                     └─ test queries ── test collection ────────────────────────┴─ evaluate ─ summary
+
+Each stage writes its outputs, then a marker `<stage>/_stage.json` holding a fingerprint of the
+settings that produced them (its own config section and its inputs' fingerprints). A rerun skips a
+stage whose marker matches, so a run that crashed continues where it stopped; a stage whose
+settings changed runs again, and so does everything after it.
+
+Run directory:
+    queries/{train,test}.parquet      the split
+    generate/{train,test}/            synthetic passages (generate's shards and report)
+    collections/<name>/               the test collection(s): queries, corpus, qrels-test (Parquet)
+    annotate/                         LLM qrels for the train queries (pipeline.annotate)
+    groups/groups.parquet             training groups
+    train/                            checkpoints, model/ (sentence-transformers), curve
+    evaluate/<system>/<collection>/   run files and metrics
+    summary.json, summary.md          the result table
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from synrank.config import GroupsConfig, QuerySplitConfig, RunConfig
+from synrank.data import schemas
+from synrank.data.atomic import write_json, write_parquet, write_text
+
+log = logging.getLogger(__name__)
+
+DEMO_QUERIES = "demo"
+MARKER = "_stage.json"
+SUMMARY_MEASURES = ("ndcg@10", "recall@100", "mrr@10")
+
+
+class PipelineError(ValueError):
+    pass
+
+
+def demo_queries_path() -> str:
+    """The 40 questions shipped with synrank for the embedded demo."""
+    return str(resources.files("synrank") / "resources" / "demo_queries.jsonl")
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class StageLog:
+    name: str
+    status: str  # "ran" | "skipped"
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: str
+    stages: list[StageLog]
+    summary: dict[str, dict[str, dict[str, float]]]  # system -> collection -> measure -> value
+    table: str
+
+
+class RunDir:
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).resolve()
+
+    def __truediv__(self, part: str) -> Path:
+        return self.root / part
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        path = self.root / stage / MARKER
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a marker is written atomically; an unreadable one means: run again
+
+    def done(self, stage: str, fp: str) -> dict[str, Any] | None:
+        marker = self.marker(stage)
+        return marker if marker and marker.get("fingerprint") == fp else None
+
+    def mark(self, stage: str, fp: str, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
+        write_json({"stage": stage, "fingerprint": fp, "outputs": outputs, "finished": time.time(), **(extra or {})},
+                   self.root / stage / MARKER)
+
+
+class Pipeline:
+    """Runs the stages of one RunConfig; `run()` is the whole pipeline."""
+
+    def __init__(self, cfg: RunConfig, stop_after: str | None = None) -> None:
+        self.cfg = cfg
+        self.dir = RunDir(cfg.run_dir)
+        self.stages: list[StageLog] = []
+        self.stop_after = stop_after
+        self._pool = None
+
+    # -- stage bookkeeping -----------------------------------------------------------------
+    def _stage(self, name: str, fp: str, body: Callable[[], dict[str, str]]) -> dict[str, str]:
+        done = self.dir.done(name, fp)
+        if done is not None:
+            log.info("stage %s: done before with the same settings, skipped", name)
+            self.stages.append(StageLog(name, "skipped", 0.0, done["outputs"]))
+            return done["outputs"]
+        log.info("stage %s: running", name)
+        began = time.perf_counter()
+        outputs = body()
+        seconds = time.perf_counter() - began
+        self.dir.mark(name, fp, outputs, {"seconds": round(seconds, 2)})
+        self.stages.append(StageLog(name, "ran", seconds, outputs))
+        log.info("stage %s: finished in %.1f s", name, seconds)
+        return outputs
+
+    # -- stages ----------------------------------------------------------------------------
+    def split(self) -> tuple[dict[str, str], str]:
+        """Queries and their train/test split."""
+        p = self.cfg.pipeline
+        source = p.collection or self.cfg.generate.queries or DEMO_QUERIES
+        fp = fingerprint("split", source, p.test_fraction, p.split_seed, self.cfg.generate.limit)
+
+        def body() -> dict[str, str]:
+            queries, judged = self._source_queries(source)
+            ids = judged if judged is not None else queries.column("query_id").to_pylist()
+            if self.cfg.generate.limit:
+                ids = ids[: self.cfg.generate.limit]
+            if p.test_fraction > 0:
+                from synrank.data.groups import split_queries
+
+                train, test = split_queries(ids, 1.0 - p.test_fraction, p.split_seed)
+            else:
+                train, test = sorted(ids), []
+            out = {}
+            for name, keep in (("train", train), ("test", test)):
+                table = queries.filter(pc.is_in(queries.column("query_id"), pa.array(keep, pa.string())))
+                path = self.dir / "queries" / f"{name}.parquet"
+                write_parquet(table, path)
+                out[name] = str(path)
+            log.info("queries: %d for training, %d held out for evaluation", len(train), len(test))
+            return out
+
+        return self._stage("queries", fp, body), fp
+
+    def _source_queries(self, source: str) -> tuple[pa.Table, list[str] | None]:
+        from synrank.data.readers import load_collection, read_queries
+
+        if source == DEMO_QUERIES:
+            return read_queries(demo_queries_path()), None
+        if self.cfg.pipeline.collection:
+            col = load_collection(source, self.cfg.evaluate.split)
+            judged = sorted(set(col.qrels.column("query_id").to_pylist()))
+            if not judged:
+                raise PipelineError(f"{source}: no judged queries in split {self.cfg.evaluate.split!r}")
+            return col.queries, judged
+        return read_queries(source), None
+
+    def generate(self, queries: dict[str, str], upstream: str) -> tuple[dict[str, str], str]:
+        gen = self.cfg.generate
+        settings = gen.model_dump(exclude={"queries", "out", "limit", "engine_pool", "num_engines", "engine_cpus"})
+        # The test queries need passages only when they make the test collection themselves.
+        parts = ["train"] if self.cfg.pipeline.collection else ["train", "test"]
+        fp = fingerprint("generate", upstream, settings, parts)
+
+        def body() -> dict[str, str]:
+            from synrank.data.readers import read_queries
+            from synrank.generate.pipeline import engine_spec_from_config, generate
+            from synrank.generate.pool import EnginePool
+
+            out = {}
+            pool = EnginePool.start(engine_spec_from_config(gen), gen.num_engines, cpus_per_engine=gen.engine_cpus)
+            try:
+                for part in parts:
+                    table = read_queries(queries[part])
+                    if table.num_rows == 0:
+                        continue
+                    target = self.dir / "generate" / part
+                    part_cfg = gen.model_copy(update={"queries": queries[part], "out": str(target), "limit": None})
+                    generate(part_cfg, runtime=self.cfg.runtime, pool=pool, queries=table)
+                    out[part] = str(target)
+            finally:
+                pool.shutdown()
+            return out
+
+        return self._stage("generate", fp, body), fp
+
+    def test_collections(self, queries: dict[str, str], generated: dict[str, str], upstream: str) -> tuple[list[str], str]:
+        """The held-out test collection: the real collection's test queries, or (no collection)
+        the generated passages of the test queries with their levels as graded qrels."""
+        fp = fingerprint("collections", upstream)
+
+        def body() -> dict[str, str]:
+            from synrank.data.readers import read_queries
+
+            test_queries = read_queries(queries["test"])
+            if test_queries.num_rows == 0:
+                return {}
+            if self.cfg.pipeline.collection:
+                name = Path(self.cfg.pipeline.collection).name + "-test"
+                path = subset_collection(self.cfg.pipeline.collection, test_queries, self.dir / "collections" / name,
+                                         self.cfg.evaluate.split)
+            else:
+                path = synthetic_collection(generated, test_queries, self.dir / "collections" / "synthetic-test")
+            return {Path(path).name: str(path)}
+
+        out = self._stage("collections", fp, body)
+        return list(out.values()) + list(self.cfg.evaluate.collections), fp
+
+    def annotate(self, queries: dict[str, str], upstream: str) -> tuple[str | None, str]:
+        p = self.cfg.pipeline
+        if not p.annotate:
+            return None, upstream
+        if not p.collection:
+            raise PipelineError("pipeline.annotate needs pipeline.collection: annotation judges real passages")
+        ann = self.cfg.annotate
+        fp = fingerprint("annotate", upstream, ann.model_dump(exclude={"collection", "out", "split"}))
+
+        def body() -> dict[str, str]:
+            from synrank.annotate.pipeline import annotate
+            from synrank.data.readers import read_queries
+
+            train_view = subset_collection(p.collection, read_queries(queries["train"]),
+                                           self.dir / "collections" / "annotate-train", self.cfg.evaluate.split)
+            out = self.dir / "annotate"
+            annotate(ann.model_copy(update={"collection": str(train_view), "out": str(out), "split": "test"}))
+            return {"qrels": str(out)}
+
+        out = self._stage("annotate", fp, body)
+        return out["qrels"], fp
+
+    def groups(self, queries: dict[str, str], generated: dict[str, str], llm_qrels: str | None,
+               upstream: str) -> tuple[str, str]:
+        g = self.cfg.groups
+        p = self.cfg.pipeline
+        update: dict[str, Any] = {"out": None}
+        if "train" in generated:
+            update.update(synthetic=generated["train"], queries=queries["train"])
+        if p.collection:
+            update["collection"] = p.collection
+            # The same held-out queries as the pipeline's split, so nothing trains on a test query.
+            update["query_split"] = QuerySplitConfig(train_fraction=1.0 - p.test_fraction, seed=p.split_seed) \
+                if p.test_fraction > 0 else None
+            update["qrels_split"] = self.cfg.evaluate.split
+        if llm_qrels:
+            update["llm_qrels"] = llm_qrels
+        cfg = GroupsConfig.model_validate({**g.model_dump(), **update})
+        fp = fingerprint("groups", upstream, cfg.model_dump(mode="json"))
+
+        def body() -> dict[str, str]:
+            from synrank.data.groups import build_groups, write_groups
+
+            table, stats = build_groups(cfg)
+            path = self.dir / "groups" / "groups.parquet"
+            write_groups(table, str(path), stats)
+            log.info("groups: %d training groups from %s labels", table.num_rows, cfg.source)
+            return {"groups": str(path)}
+
+        return self._stage("groups", fp, body)["groups"], fp
+
+    def train(self, groups_path: str, upstream: str) -> tuple[str, str]:
+        t = self.cfg.train
+        fp = fingerprint("train", upstream, t.model_dump(mode="json", exclude={"groups", "out", "fail_at_step"}))
+
+        def body() -> dict[str, str]:
+            from synrank.train import fit
+
+            # A crashed earlier attempt left checkpoints under train/: fit resumes from them.
+            result = fit(t, groups_path, str(self.dir / "train"))
+            return {"model": result.model_dir, "curve": str(self.dir / "train")}
+
+        return self._stage("train", fp, body)["model"], fp
+
+    def evaluate(self, model_dir: str, collections: list[str], upstream: str) -> dict[str, dict[str, dict[str, float]]]:
+        e = self.cfg.evaluate
+        systems = {"trained": model_dir, **{b: b for b in self.cfg.pipeline.baselines}}
+        fp = fingerprint("evaluate", upstream, collections, systems,
+                         e.model_dump(mode="json", exclude={"model", "collections", "out"}))
+
+        def body() -> dict[str, str]:
+            from synrank.evaluate import evaluate_model
+
+            summary: dict[str, dict[str, dict[str, float]]] = {}
+            for system, model in systems.items():
+                encoder = self.cfg.train.encoder.model_copy(update={"model": model}) if system != "bm25" else None
+                results = evaluate_model(model, collections, str(self.dir / "evaluate" / system), split="test",
+                                         top_k=e.top_k, encoder_batch_size=e.batch_size, index=e.index,
+                                         encoder=encoder, num_encoders=e.num_encoders)
+                summary[system] = {name: r["metrics"] for name, r in results.items()}
+            write_json(summary, self.dir / "evaluate" / "metrics.json")
+            return {"metrics": str(self.dir / "evaluate" / "metrics.json")}
+
+        out = self._stage("evaluate", fp, body)
+        return json.loads(Path(out["metrics"]).read_text())
+
+    # -- the whole run -----------------------------------------------------------------------
+    def run(self) -> PipelineResult:
+        from synrank.runtime import init_ray
+
+        rt = self.cfg.runtime
+        init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory)
+        write_text(_config_yaml(self.cfg), self.dir / "config.yaml")
+        queries, fp = self.split()
+        generated: dict[str, str] = {}
+        if self.cfg.groups.source in ("synthetic", "mixed") or not self.cfg.pipeline.collection:
+            generated, fp = self.generate(queries, fp)
+        collections, fp_test = self.test_collections(queries, generated, fp)
+        llm_qrels, fp = self.annotate(queries, fp)
+        groups_path, fp = self.groups(queries, generated, llm_qrels, fp)
+        model_dir, fp = self.train(groups_path, fp)
+        if self.stop_after == "train":
+            return PipelineResult(str(self.dir.root), self.stages, {}, "")
+        if not collections:
+            raise PipelineError("nothing to evaluate: pipeline.test_fraction is 0 and evaluate.collections is empty")
+        summary = self.evaluate(model_dir, collections, fingerprint(fp, fp_test))
+        table = summary_table(summary)
+        write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary}, self.dir / "summary.json")
+        write_text(table + "\n", self.dir / "summary.md")
+        return PipelineResult(str(self.dir.root), self.stages, summary, table)
+
+
+def _config_yaml(cfg: RunConfig) -> str:
+    from synrank.config import to_yaml
+
+    return to_yaml(cfg)
+
+
+def subset_collection(collection: str, queries: pa.Table, out: Path, split: str) -> Path:
+    """A collection folder with only `queries` (and their qrels) of `collection`, as split `test`."""
+    from synrank.data.readers import load_collection
+
+    col = load_collection(collection, split)
+    keep = pa.array(queries.column("query_id").to_pylist(), pa.string())
+    write_parquet(col.queries.filter(pc.is_in(col.queries.column("query_id"), keep)), out / "queries.parquet")
+    write_parquet(col.corpus, out / "corpus.parquet")
+    write_parquet(col.qrels.filter(pc.is_in(col.qrels.column("query_id"), keep)), out / "qrels-test.parquet")
+    return out
+
+
+def synthetic_collection(generated: dict[str, str], test_queries: pa.Table, out: Path) -> Path:
+    """A graded test collection made of generated passages: the corpus is every generated passage
+    (the train queries' passages are distractors), the qrels are each test query's own passages
+    with their intended levels as grades."""
+    from synrank.data.readers import read_table
+
+    passages = pa.concat_tables([read_table(path, "synthetic") for path in generated.values()])
+    test_ids = pa.array(test_queries.column("query_id").to_pylist(), pa.string())
+    mine = passages.filter(pc.is_in(passages.column("query_id"), test_ids))
+    if mine.num_rows == 0:
+        raise PipelineError("no generated passages for the test queries: cannot build the synthetic test collection")
+    corpus = pa.table({
+        "doc_id": passages.column("doc_id"),
+        "title": pa.array([""] * passages.num_rows, pa.string()),
+        "text": passages.column("text"),
+    }, schema=schemas.CORPUS)
+    qrels = pa.table({
+        "query_id": mine.column("query_id"),
+        "doc_id": mine.column("doc_id"),
+        "grade": pc.cast(mine.column("level"), pa.int32()),
+        "source": pa.array(["synthetic"] * mine.num_rows, pa.string()),
+    }, schema=schemas.QRELS)
+    write_parquet(test_queries, out / "queries.parquet")
+    write_parquet(corpus, out / "corpus.parquet")
+    write_parquet(qrels, out / "qrels-test.parquet")
+    return out
+
+
+def summary_table(summary: dict[str, dict[str, dict[str, float]]], measures=SUMMARY_MEASURES) -> str:
+    """Markdown: one row per (system, collection)."""
+    header = ["system", "collection", *measures]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for system, by_collection in summary.items():
+        for collection, metrics in by_collection.items():
+            values = [f"{metrics[m]:.4f}" if m in metrics else "-" for m in measures]
+            lines.append("| " + " | ".join([system, collection, *values]) + " |")
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: RunConfig, stop_after: str | None = None) -> PipelineResult:
+    result = Pipeline(cfg, stop_after=stop_after).run()
+    ran = ", ".join(f"{s.name} ({s.status}{f', {s.seconds:.0f} s' if s.status == 'ran' else ''})" for s in result.stages)
+    print(f"\nsynrank pipeline: {ran}")
+    print(f"run directory: {result.run_dir}")
+    if result.table:
+        print("\n" + result.table)
+    return result
+
