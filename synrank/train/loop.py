@@ -364,6 +364,8 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
 
     fault_marker = _fault_marker(out_dir, config.fail_at_step) if config.fail_at_step else None
     queries_per_step = config.batch_size * world * config.grad_accumulation
+    # examples/s counts the whole cycle: this step and the previous step's report and checkpoint
+    cycle_start = time.perf_counter()
 
     while state.step < total:
         if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
@@ -405,7 +407,9 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+        now = time.perf_counter()
+        dt, cycle = now - t0, now - cycle_start
+        cycle_start = now
 
         state.step += 1
         state.micro += config.grad_accumulation
@@ -414,8 +418,8 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
             "epoch": state.micro / plan.per_epoch,
             "loss": loss_total / config.grad_accumulation,
             "lr": lr,
-            "examples_per_s": queries_per_step / dt,
-            "step_time_s": dt,
+            "examples_per_s": queries_per_step / cycle,  # queries of the global batch per wall second
+            "step_time_s": dt,  # data, forward, backward, optimizer (without reporting)
             "loss_time_fraction": loss_time / dt,
         }
         state.history.append(metrics)
