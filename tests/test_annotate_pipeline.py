@@ -67,7 +67,7 @@ def test_grades_retries_and_failures(shared_data, tmp_path):
     qrels = pq.read_table(result.qrels_path)
     failures = pq.read_table(result.failures_path)
     judged = read_judgments(str(tmp_path / "run"))
-    pairs = pq.read_table(tmp_path / "run" / "pairs.parquet")
+    pairs = pq.read_table(tmp_path / "run" / "_pairs.parquet")
     assert pairs.num_rows == 8 * 3
     # every pair is either graded or a recorded failure, never both, never lost
     assert sorted(_pairs_of(qrels) + _pairs_of(failures)) == sorted(_pairs_of(pairs))
@@ -86,7 +86,7 @@ def test_grades_retries_and_failures(shared_data, tmp_path):
     assert all(len(x) == 3 for x in failures.column("answers").to_pylist())
     retried = [a for a in qrels.column("attempts").to_pylist() if a > 1]
     assert retried and all(a == 2 for a in retried)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "run" / "_summary.json").read_text())
     assert summary["pairs"] == 24 and summary["graded"] + summary["failed"] == 24
     assert summary["failed"] == failures.num_rows
     # retries ask only for the unparseable answers
@@ -96,6 +96,8 @@ def test_grades_retries_and_failures(shared_data, tmp_path):
 
     again = read_qrels(result.qrels_path, source="llm")
     assert again.num_rows == qrels.num_rows and set(again.column("source").to_pylist()) == {"llm"}
+    folder = read_qrels(str(tmp_path / "run"), split="train", source="llm")  # the folder reads as the qrels
+    assert _pairs_of(folder) == _pairs_of(qrels)
 
     # a finished run rerun does nothing but rebuild the outputs
     calls.clear()
@@ -150,7 +152,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(shared_data, tmp_path):
     '''))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    shards = out / "shards"
+    shards = out / "_shards"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -165,7 +167,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(shared_data, tmp_path):
         proc.wait(30)
     written = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
     assert 2 <= len(written) < 4, written
-    assert not (out / "summary.json").exists()
+    assert not (out / "_summary.json").exists()
 
     calls: list = []
     result = annotate(_cfg(shared_data, out), judge=FunctionJudge(lambda p, a: fake_judge(p, a, calls=calls),
@@ -175,7 +177,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(shared_data, tmp_path):
         assert (shards / name).stat().st_mtime_ns == mtime
     first_attempt = sum(n for n, attempt in calls if attempt == 0)
     assert first_attempt == 3 * 2 * (4 - len(written))
-    pairs = _pairs_of(pq.read_table(out / "pairs.parquet"))
+    pairs = _pairs_of(pq.read_table(out / "_pairs.parquet"))
     judged = _pairs_of(read_judgments(str(out)))
     assert sorted(judged) == sorted(pairs) and len(set(judged)) == len(pairs) == 24
     final = _pairs_of(pq.read_table(result.qrels_path)) + _pairs_of(pq.read_table(result.failures_path))

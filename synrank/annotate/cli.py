@@ -11,9 +11,9 @@
                      [--tolerance 0] [--keep-failed] [--filtered FILE] [--config FILE] [annotate.KEY=VALUE ...]
 
 The first form judges the top-n candidates of every query (BM25 by default) with the LLM engines
-on Ray and writes OUT/qrels.parquet (source=llm), OUT/failures.parquet and OUT/summary.json; it
-resumes an interrupted run in the same OUT. When the collection has human qrels it also writes the
-agreement report (OUT/agreement.{json,txt,png}); Cranfield-style 5-level qrels are collapsed onto
+on Ray and writes OUT/qrels.parquet (source=llm), OUT/_failures.parquet and OUT/_summary.json (OUT
+itself reads as the qrels: `groups.llm_qrels=OUT`); it resumes an interrupted run in the same OUT.
+When the collection has human qrels it also writes the agreement report (OUT/_agreement.{json,txt,png}); Cranfield-style 5-level qrels are collapsed onto
 the judge's scale (`--human-levels` is read from the data: the largest grade + 1, at least 2).
 
 `--config` takes a whole run config (its `annotate:` section and `runtime.address` are used) or an
@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     con = sub.add_parser("consistency", help="judge synthetic passages: intended level vs judged grade, filter",
                          description="Judge `synrank generate` output with the annotation judge (resumable, into "
-                         "OUT), report intended level x judged grade (OUT/consistency.json/.txt/.png), and with "
+                         "OUT), report intended level x judged grade (OUT/_consistency.json/.txt/.png), and with "
                          "--filter write the passages kept (drop) or relabelled (relabel) to --filtered.")
     con.add_argument("--synthetic", required=True, metavar="PATH", help="synthetic passages (Parquet file or folder)")
     con.add_argument("--queries", required=True, metavar="PATH", help="queries file or collection folder")
@@ -139,7 +139,7 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--human-levels", type=int, dest="human_levels",
                    help="grades of the human scale (default: largest human grade + 1, at least 2)")
     p.add_argument("--llm-levels", type=int, dest="llm_levels",
-                   help="grades of the LLM scale (default: from OUT/summary.json beside the file, else 4)")
+                   help="grades of the LLM scale (default: from an annotate folder's _summary.json, else 4)")
     p.add_argument("--levels", type=int, dest="n_levels", help="common scale (default: the coarser)")
 
 
@@ -176,14 +176,18 @@ def _infer_levels(table, default: int = 4) -> int:
 
 
 def _llm_levels(path: str, table) -> int:
-    """The judge's scale from OUT/summary.json next to OUT/qrels.parquet, else from the grades (>= 4)."""
+    """The judge's scale from an annotate folder's _summary.json (given the folder or its
+    qrels.parquet), else from the grades (at least 4)."""
     import os
 
     import fsspec
 
-    summary = os.path.join(os.path.dirname(path.rstrip("/")), "summary.json")
+    from synrank.annotate.pipeline import SUMMARY_FILE
+
+    base = path.rstrip("/")
+    folder = base if not base.endswith(".parquet") else os.path.dirname(base)
     try:
-        with fsspec.open(summary, "r") as handle:
+        with fsspec.open(os.path.join(folder, SUMMARY_FILE), "r") as handle:
             return int(json.load(handle)["n_levels"])
     except (OSError, KeyError, ValueError, TypeError):
         return max(4, _infer_levels(table))
@@ -199,7 +203,7 @@ def _read_pair(args: argparse.Namespace):
     return human, llm, human_levels, llm_levels
 
 
-def _print_agreement(report, out: str | None, as_json: bool) -> None:
+def _print_agreement(report, out: str | None, as_json: bool, name: str = "agreement") -> None:
     if as_json:
         from synrank.annotate.agreement import _json_safe
 
@@ -207,7 +211,7 @@ def _print_agreement(report, out: str | None, as_json: bool) -> None:
     else:
         print(report.format())
     if out:
-        paths = report.write(out)
+        paths = report.write(out, name)
         print(f"wrote {paths['json']}, {paths['text']}, {paths['png']}", file=sys.stderr)
 
 
@@ -252,7 +256,7 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.agreement:
         report = _collection_agreement(cfg, result.qrels_path)
         if report is not None:
-            _print_agreement(report, cfg.out, as_json=False)
+            _print_agreement(report, cfg.out, as_json=False, name="_agreement")
     return 0
 
 

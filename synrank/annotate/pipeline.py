@@ -1,8 +1,8 @@
 """Judging (query, passage) pairs with an LLM: resumable, sharded, atomic; failures are recorded.
 
 >>> result = annotate(AnnotateConfig(collection="../shared/data/cranfield", out="runs/ann", limit=5))
->>> result.qrels_path          # runs/ann/qrels.parquet: source=llm labels
->>> result.failures_path       # runs/ann/failures.parquet: pairs the judge never graded
+>>> result.qrels_path          # runs/ann/qrels.parquet: source=llm labels (read_qrels("runs/ann") too)
+>>> result.failures_path       # runs/ann/_failures.parquet: pairs the judge never graded
 
 The lower-level `judge_pairs(pairs, out, judge, ...)` takes any table of pairs (query_id, doc_id,
 query, passage, plus columns passed through, e.g. a synthetic passage's intended `level`); the
@@ -15,21 +15,27 @@ strict parser (`synrank.annotate.parse`) rejects is asked again, up to `max_retr
 with sampling (temperature > 0, so that the answer can change); a pair still without a grade is
 recorded as a failure with every raw answer it got, never given a guessed grade.
 
-Output folder layout (local path or fsspec URL):
+Output folder layout (local path or fsspec URL). Everything but the labels is underscore-prefixed,
+which Parquet readers skip: the folder itself reads as the LLM qrels (``read_qrels(out)``,
+``groups.llm_qrels=out``), like a ``synrank generate`` folder reads as its passages.
 
-- ``manifest.json``: what this folder is (model, prompt version and fingerprint, scale, shard size,
-  hash of the pair list). A rerun with a different identity refuses to mix labels (`overwrite`
-  starts over).
-- ``pairs.parquet``: the pairs to judge (keys and pass-through columns, no texts), written once;
-  a rerun judges exactly these, even if candidate selection would now give others.
-- ``shards/part-NNNNN.parquet``: judgments of the queries of shard N (`shard_size` queries each),
+- ``qrels.parquet``: QRELS columns (query_id, doc_id, grade, source=llm), then model,
+  prompt_version, raw_answer, attempts and the pass-through columns (candidates: rank, score,
+  retriever, judged);
+- ``_failures.parquet``: the pairs the judge never graded, with every raw answer and the reason;
+- ``_summary.json``: counts, grade histogram, the run's identity; written last, so its presence
+  means the run completed;
+- ``_manifest.json``: what this folder is (model, prompt version and fingerprint, scale, shard
+  size, candidate settings, hash of the pair list). A rerun with a different identity refuses to
+  mix labels (``overwrite`` starts over);
+- ``_pairs.parquet``: the pairs to judge (keys and pass-through columns, no texts), written once;
+  a rerun judges exactly these, even if candidate selection would now give others;
+- ``_shards/part-NNNNN.parquet``: judgments of the queries of shard N (`shard_size` queries each),
   every pair of the shard, graded or failed. A shard file appears by atomic rename once complete;
   a rerun skips complete shards and redoes the rest. A crash loses at most the shards in flight,
-  and a pair is in exactly one shard, so nothing is duplicated.
-- ``qrels.parquet`` (QRELS columns, source=llm, then model, prompt_version, raw_answer, attempts
-  and the pass-through columns), ``failures.parquet`` and ``summary.json``, rebuilt from the
-  shards at the end of every run (each atomically; ``summary.json`` last, so its presence
-  means the run completed).
+  and a pair is in exactly one shard, so nothing is duplicated. ``qrels.parquet``,
+  ``_failures.parquet`` and ``_summary.json`` are rebuilt from the shards at the end of every run,
+  each atomically.
 """
 
 from __future__ import annotations
@@ -69,6 +75,14 @@ JUDGMENT_FIELDS = [
 ]
 JUDGMENT_NAMES = [f.name for f in JUDGMENT_FIELDS]
 TEXT_COLUMNS = ("query", "passage")
+# The output folder: the labels, and underscore-prefixed bookkeeping that Parquet readers skip, so
+# that the folder itself reads as the LLM qrels (`read_qrels(out)`, `groups.llm_qrels=out`).
+QRELS_FILE = "qrels.parquet"
+FAILURES_FILE = "_failures.parquet"
+SUMMARY_FILE = "_summary.json"
+MANIFEST_FILE = "_manifest.json"
+PAIRS_FILE = "_pairs.parquet"
+SHARDS_DIR = "_shards"
 RETRY_TEMPERATURE = 0.7
 MANIFEST_VERSION = 1
 
@@ -167,7 +181,7 @@ def _read_json(path: str) -> dict[str, Any]:
 def _list_shards(out: str) -> set[str]:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(_join(out, "shards"))
+    fs, path = fsspec.core.url_to_fs(_join(out, SHARDS_DIR))
     if not fs.exists(path):
         return set()
     return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".parquet")}
@@ -230,12 +244,12 @@ def _check_pairs(pairs: pa.Table) -> None:
 
 
 def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: bool) -> pa.Table:
-    """Write or check manifest.json and pairs.parquet; return the pairs (without texts) to judge."""
-    manifest_path = _join(out, "manifest.json")
-    pairs_path = _join(out, "pairs.parquet")
+    """Write or check the manifest and the pair list; return the pairs (without texts) to judge."""
+    manifest_path = _join(out, MANIFEST_FILE)
+    pairs_path = _join(out, PAIRS_FILE)
     keys_only = pairs.drop_columns(list(TEXT_COLUMNS))
     if overwrite:
-        for name in ("shards", "qrels.parquet", "failures.parquet", "summary.json", "pairs.parquet", "manifest.json"):
+        for name in (SHARDS_DIR, QRELS_FILE, FAILURES_FILE, SUMMARY_FILE, PAIRS_FILE, MANIFEST_FILE):
             _remove_tree(_join(out, name))
     if exists(manifest_path):
         old = _read_json(manifest_path)
@@ -245,10 +259,10 @@ def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: boo
             raise AnnotateError(f"{out} holds judgments of a different run ({detail}); "
                                 "use another output folder, or overwrite to start over")
         if not exists(pairs_path):
-            raise AnnotateError(f"{out}: manifest.json without pairs.parquet; overwrite to start over")
+            raise AnnotateError(f"{out}: {MANIFEST_FILE} without {PAIRS_FILE}; overwrite to start over")
         return pq.read_table(pairs_path) if "://" not in out else _read_parquet(pairs_path)
     if _list_shards(out):
-        raise AnnotateError(f"{out}/shards has files but no manifest.json; overwrite to start over")
+        raise AnnotateError(f"{out}/{SHARDS_DIR} has files but no {MANIFEST_FILE}; overwrite to start over")
     write_parquet(keys_only, pairs_path)
     write_json({**identity, "manifest_version": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                manifest_path)
@@ -289,7 +303,7 @@ def judge_shard(shard: int, rows: Sequence[int], pairs: pa.Table, judge: Judge, 
     keys = list(zip(part.column("query_id").to_pylist(), part.column("doc_id").to_pylist()))
     passthrough = part.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
     table = _judgment_table(results, keys, passthrough, settings.schema, judge.model, settings.prompt_version)
-    write_parquet(table, _join(settings.out, "shards", shard_name(shard)))
+    write_parquet(table, _join(settings.out, SHARDS_DIR, shard_name(shard)))
     graded = sum(1 for it in results if it.grade is not None)
     return {"shard": int(shard), "pairs": len(rows), "graded": graded, "failed": len(rows) - graded,
             "requests": sum(len(it.answers) for it in results), "wall_s": round(time.perf_counter() - started, 3)}
@@ -317,8 +331,10 @@ def _run_ray_data(tasks: list[tuple[int, list[int]]], pairs: pa.Table, judge: An
 
     ref = ray.put(pairs)
     ds = ray.data.from_items([{"shard": s, "rows": rows} for s, rows in tasks], override_num_blocks=len(tasks))
+    # Two workers per engine: one shard is being judged while the next one's prompts are sent.
+    workers = ray.data.ActorPoolStrategy(size=max(1, min(len(tasks), 2 * int(getattr(judge, "num_engines", 1)))))
     ds = ds.map(_ShardWorker, fn_constructor_kwargs={"pairs": [ref], "judge": judge, "settings": settings},
-                concurrency=max(1, 2 * int(getattr(judge, "num_engines", 1))), num_cpus=0.1)
+                compute=workers, num_cpus=0.1)
     for summary in ds.iter_rows():
         on_summary(dict(summary))
 
@@ -362,7 +378,7 @@ def judge_pairs(
     stored = _prepare(out, pairs, ident, overwrite)
     stored_keys = list(zip(stored.column("query_id").to_pylist(), stored.column("doc_id").to_pylist()))
     if stored_keys != keys:  # the hash matched, so this only guards against a hand-edited folder
-        raise AnnotateError(f"{out}/pairs.parquet does not hold the pairs of this run; overwrite to start over")
+        raise AnnotateError(f"{out}/{PAIRS_FILE} does not hold the pairs of this run; overwrite to start over")
 
     passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
     settings = ShardSettings(out, n_levels, prompt_version, max_retries, _judgment_schema(passthrough.schema))
@@ -374,7 +390,7 @@ def judge_pairs(
     pending = [i for i in range(len(shards)) if shard_name(i) not in done]
     unknown = done - {shard_name(i) for i in range(len(shards))}
     if unknown:
-        raise AnnotateError(f"{out}/shards has files this run does not make: {sorted(unknown)[:3]}")
+        raise AnnotateError(f"{out}/{SHARDS_DIR} has files this run does not make: {sorted(unknown)[:3]}")
     log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, len(keys), len(shards),
              len(shards) - len(pending), len(pending))
 
@@ -430,7 +446,7 @@ def _judgment_table(results: list[_Pending], keys: list[tuple[str, str]], passth
 def read_judgments(out: str) -> pa.Table:
     """Every shard of an output folder, in shard order (one row per judged pair)."""
     names = sorted(_list_shards(out))
-    tables = [_read_parquet(_join(out, "shards", n)) for n in names]
+    tables = [_read_parquet(_join(out, SHARDS_DIR, n)) for n in names]
     if not tables:
         return pa.schema(JUDGMENT_FIELDS).empty_table()
     return pa.concat_tables(tables, promote_options="default")
@@ -451,9 +467,9 @@ def finalize(out: str, keys: Sequence[tuple[str, str]], schema: pa.Schema, ident
     failed = table.filter(pc.invert(ok_mask))
     qrels = schemas.conform(ok.drop_columns(["status", "reason", "answers"]), schemas.QRELS, f"{out}/qrels")
     failures = failed.drop_columns(["grade", "source"])
-    qrels_path = _join(out, "qrels.parquet")
-    failures_path = _join(out, "failures.parquet")
-    summary_path = _join(out, "summary.json")
+    qrels_path = _join(out, QRELS_FILE)
+    failures_path = _join(out, FAILURES_FILE)
+    summary_path = _join(out, SUMMARY_FILE)
     write_parquet(qrels, qrels_path)
     write_parquet(failures, failures_path)
     grades = pc.value_counts(ok.column("grade")).to_pylist() if ok.num_rows else []
@@ -510,10 +526,10 @@ def annotate(cfg, *, judge: Judge | None = None, pool: Any | None = None, overwr
     collection = load_collection(cfg.collection, cfg.split)
     if collection.corpus is None:
         raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
-    pairs_path = _join(cfg.out, "pairs.parquet")
+    pairs_path = _join(cfg.out, PAIRS_FILE)
     identity = {"collection": str(cfg.collection), "split": cfg.split, "candidates": cfg.candidates,
                 "top_n": cfg.top_n, "include_judged": cfg.include_judged, "limit": cfg.limit}
-    if not overwrite and exists(pairs_path) and exists(_join(cfg.out, "manifest.json")):
+    if not overwrite and exists(pairs_path) and exists(_join(cfg.out, MANIFEST_FILE)):
         # Resume: judge the stored pairs, not a fresh candidate selection.
         pairs = _attach_texts(_read_parquet(pairs_path), collection)
     else:
@@ -555,7 +571,7 @@ def _no_calls(prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
 
 def _all_judged(out: str, pairs: pa.Table, cfg, overwrite: bool) -> bool:
     """Whether `out` already holds every shard of this run (a rerun of a finished run)."""
-    if overwrite or not exists(_join(out, "manifest.json")):
+    if overwrite or not exists(_join(out, MANIFEST_FILE)):
         return False
     n_queries = len(set(pairs.column("query_id").to_pylist()))
     expected = {shard_name(i) for i in range(math.ceil(n_queries / cfg.shard_size))}
