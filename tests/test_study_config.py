@@ -141,3 +141,97 @@ def test_absolutize_makes_local_paths_absolute(monkeypatch) -> None:
     assert Path(study.study_dir).is_absolute()
     assert Path(study.base.groups.collection).is_absolute() and Path(study.base.groups.collection).is_dir()
     assert all(Path(c.path).is_absolute() for c in study.test)
+
+
+def _mini_collection(root: Path, shared_data: Path, n_queries: int = 6) -> Path:
+    """A small BEIR folder cut from Cranfield: a few queries, their judged documents and some others."""
+    import json
+
+    src = shared_data / "cranfield"
+    qrels = [line.split("\t") for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    qids = sorted({q for q, _, _ in qrels}, key=int)[:n_queries]
+    rows = [(q, d, g) for q, d, g in qrels if q in qids]
+    docs = {d for _, d, _ in rows} | {str(i) for i in range(1, 41)}
+    (root / "qrels").mkdir(parents=True)
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join("\t".join(r) for r in rows) + "\n")
+    with (root / "corpus.jsonl").open("w") as out:
+        for line in (src / "corpus.jsonl").read_text().splitlines():
+            if json.loads(line)["_id"] in docs:
+                out.write(line + "\n")
+    with (root / "queries.jsonl").open("w") as out:
+        for line in (src / "queries.jsonl").read_text().splitlines():
+            if json.loads(line)["_id"] in qids:
+                out.write(line + "\n")
+    return root
+
+
+def test_dev_score_of_a_train_checkpoint(tmp_path, shared_data) -> None:
+    """The dev metric reported during training (early stopping): a Train checkpoint's encoder scored
+    on the dev views, equal to the evaluation measures of the same weights."""
+    import torch
+    from ray.train import Checkpoint
+
+    from synrank.config import TrainConfig
+    from synrank.encoder import BiEncoder
+    from synrank.evaluate.metrics import evaluate_run
+    from synrank.study.collections import View, view_qrels
+    from synrank.study.trial import dev_score
+    from synrank.train.loop import MODEL_FILE
+
+    coll = _mini_collection(tmp_path / "mini", shared_data)
+    train = TrainConfig(encoder={"max_query_length": 32, "max_passage_length": 48})
+    encoder = BiEncoder(train.encoder)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save(encoder.state_dict(), ckpt / MODEL_FILE)
+    view = View("mini", str(coll), "test", None)
+    got = dev_score(Checkpoint.from_directory(str(ckpt)), train, [view], "ndcg@10")
+    assert set(got) == {"dev/mini/ndcg@10", "dev/ndcg@10"}
+
+    # by hand: every passage scored against every query
+    import json
+
+    docs = [json.loads(line) for line in (coll / "corpus.jsonl").read_text().splitlines()]
+    queries = {json.loads(line)["_id"]: json.loads(line)["text"] for line in (coll / "queries.jsonl").read_text().splitlines()}
+    from synrank.encoder import format_passage
+
+    p = encoder.encode([format_passage(d["title"], d["text"]) for d in docs], "passage")
+    qids = list(queries)
+    q = encoder.encode([queries[x] for x in qids], "query")
+    scores = q @ p.T
+    run = {qid: {d["_id"]: float(scores[i, j]) for j, d in enumerate(docs)} for i, qid in enumerate(qids)}
+    per_query = evaluate_run(view_qrels(view), run, ["ndcg@10"])
+    expected = sum(v["ndcg@10"] for v in per_query.values()) / len(per_query)
+    assert got["dev/ndcg@10"] == pytest.approx(expected, abs=1e-6) and got["dev/mini/ndcg@10"] == got["dev/ndcg@10"]
+
+
+def test_searcher_space_and_its_trials(tmp_path, shared_data) -> None:
+    from ray import tune
+
+    from synrank.study.space import tune_param_space
+
+    cran = shared_data / "cranfield"
+    study = _study(tmp_path, shared_data, "search.algorithm=hyperopt", "search.num_samples=5",
+                   f"dev=[{{path: {cran}, queries: held_out, part: dev}}]",
+                   "space.tunables={train.lr: {loguniform: [1.0e-6, 1.0e-4]}, loss.temperature: {choice: [0.02, 0.05]}}")
+    space = tune_param_space(study)
+    assert isinstance(space["loss"], tune.search.sample.Categorical)
+    assert space["loss"].categories == ["infonce", "wasserstein"]
+    assert isinstance(space["tunables"]["train.lr"], tune.search.sample.Float)
+    point = {"loss": "wasserstein", "n_levels": 4, "source": "human", "seed": 0,
+             "tunables": {"train.lr": 2e-5, "train.loss_params.temperature": 0.02}}
+    spec = TrialSpec.from_tune(study, point)
+    run = spec.run_config(study.base)
+    assert run.train.loss == "wasserstein" and run.train.lr == 2e-5
+    assert run.train.loss_params == {"target_temperature": 0.5, "temperature": 0.02}
+    with pytest.raises(ConfigError, match="not with a searcher"):
+        _study(tmp_path, shared_data, "search.algorithm=hyperopt", f"dev=[{{path: {cran}, name: d}}]",
+               "space.also=[{n_levels: [3]}]")
+
+
+def test_further_grids_inherit_and_deduplicate(tmp_path, shared_data) -> None:
+    study = _study(tmp_path, shared_data, "space.n_levels=[4]",
+                   "space.also=[{losses: [kl, infonce], n_levels: [2, 4]}, {n_levels: [3]}]")
+    ids = [s.config_id for s in expand(study)]
+    assert ids == ["infonce_L4_human", "wasserstein_L4_human", "kl_L2_human", "kl_L4_human", "infonce_L2_human",
+                   "infonce_L3_human", "wasserstein_L3_human"]  # infonce_L4 once

@@ -55,11 +55,12 @@ def test_study_tiny_end_to_end_then_restore(ray_session, shared_data, tmp_path, 
     # groups were built once per (source, levels, seed) and shared by the two losses
     assert len(list((study_dir / "data" / "groups").glob("*.parquet"))) == 2
     # Tune's own record: every trial reported every training step, then the final evaluation
-    progress = list((study_dir / "tune").glob("*/progress.csv"))
-    assert len(progress) == 4
-    for path in progress:
-        rows = list(csv.DictReader(path.open()))
-        assert [r["step"] for r in rows[:3]] == ["1", "2", "3"] and "test/cranfield/ndcg@10" in rows[-1]
+    tune_results = list((study_dir / "tune").glob("*/result.json"))
+    assert len(tune_results) == 4
+    for path in tune_results:
+        reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        assert [r.get("step") for r in reports[:3]] == [1, 2, 3] and "loss" in reports[0]
+        assert 0.0 < reports[-1]["test/cranfield/ndcg@10"] <= 1.0
 
     # the report: table, CSV, plots, one row per configuration, numbers equal to the trial files
     report = study_dir / "report"
@@ -87,7 +88,8 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     monkeypatch.chdir(REPO)
     study_dir = tmp_path / "study-fail"
     study = load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
-                              "fail_trials=[wasserstein_*]", "evaluation=stage", "base.train.max_steps=2"])
+                              "fail_trials=[wasserstein_*]", "evaluation=stage", "base.train.max_steps=2",
+                              "keep_models=true"])
     result = run_study(study)
 
     by = {t.trial_id: t for t in result.trials}
@@ -101,8 +103,19 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     ok = json.loads((study_dir / "trials" / "infonce_L2_human_s0" / "result.json").read_text())
     assert ok["steps"] == 2 and 0.05 < ok["metrics"]["test"]["cranfield"]["ndcg@10"] <= 1.0
     assert Path(ok["groups"]).exists()
-    # the stage's outputs for the trial's model
+    # the stage's outputs for the trial's model; local evaluation of the same model agrees with them
     assert list((study_dir / "trials" / "infonce_L2_human_s0" / "eval").rglob("run.trec"))
+    from synrank.study.collections import View
+    from synrank.study.trial import evaluate_local
+
+    views = json.loads((study_dir / "data" / "views.json").read_text())
+    local = evaluate_local(str(study_dir / "trials" / "infonce_L2_human_s0" / "model"),
+                           {"test": [View.from_dict(v) for v in views["test"]]}, str(tmp_path / "local"), 100, 2)
+    stage = json.loads((study_dir / "trials" / "infonce_L2_human_s0" / "per_query" / "test" / "cranfield.json").read_text())
+    assert set(local["test"]["cranfield"]["per_query"]) == set(stage)
+    for q, values in stage.items():
+        for m, v in values.items():
+            assert local["test"]["cranfield"]["per_query"][q][m] == pytest.approx(v, abs=1e-4), (q, m)
 
     md = (study_dir / "report" / "report.md").read_text()
     assert "| wasserstein_L2_human_s0 | failed | " in md and "test fault" in md
@@ -113,7 +126,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     # restoring keeps the failed trial failed (no retry) and trains nothing
     again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
                                         "fail_trials=[wasserstein_*]", "evaluation=stage",
-                                        "base.train.max_steps=2"]))
+                                        "base.train.max_steps=2", "keep_models=true"]))
     assert again.restored and again.new_trials == 0
     assert {t.trial_id: t.status for t in again.trials} == {"infonce_L2_human_s0": "completed",
                                                             "wasserstein_L2_human_s0": "failed"}

@@ -1,6 +1,6 @@
 """`synrank study`: run (or resume) a study, and rebuild its report.
 
-    synrank study --config FILE [--fresh] [--no-report] [--address ADDR] [KEY=VALUE ...]
+    synrank study --config FILE [--fresh] [--retry-failed] [--no-report] [--address ADDR] [KEY=VALUE ...]
     synrank study report DIR [report.KEY=VALUE ...]
 
 Overrides are dotted keys of the StudyConfig (``space.seeds=[0,1,2] base.train.max_steps=40
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'report DIR': (re)write the report of the study in DIR; KEY=VALUE: config overrides")
     p.add_argument("--fresh", action="store_true",
                    help="start a new Tune experiment in study_dir instead of resuming (completed trials are reused)")
+    p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
+                   help="when resuming, start the failed trials over (default: they stay failed)")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     add_config_options(p)
     p.set_defaults(handler=_study)
@@ -55,13 +57,16 @@ def _study(args: argparse.Namespace) -> int:
     from synrank.study.driver import run_study
 
     study = load_study(args.config, overrides)
-    result = run_study(study, address=args.address, fresh=args.fresh, write_report=args.report)
+    result = run_study(study, address=args.address, fresh=args.fresh, retry_failed=args.retry_failed,
+                       write_report=args.report)
     print(f"study {study.name}: {result.count('completed')} completed, {result.count('failed')} failed, "
           f"{result.count('stopped')} stopped early ({result.new_trials} trained now, "
           f"{'resumed' if result.restored else 'new experiment'}) in {result.seconds:.0f} s")
     for t in result.trials:
         if t.status == "failed":
             print(f"  failed: {t.trial_id}: {(t.error or '').strip().splitlines()[0] if t.error else ''}")
+    if result.count("failed"):
+        print("  (errors in <study_dir>/trials/<trial>/error.txt; rerun with --retry-failed to try them again)")
     if result.report:
         print(f"report: {result.report['markdown']}\n        {result.report['csv']}")
     return 0 if result.count("completed") else 1

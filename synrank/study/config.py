@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from synrank.config import ConfigError, QuerySplitConfig, RunConfig, Section, load
+from synrank.config import ConfigError, RunConfig, Section
 
 SOURCES = ("synthetic", "human", "llm", "mixed")
 MEASURES = ("ndcg@10", "ndcg@100", "recall@100", "mrr@10", "map")
@@ -379,16 +379,42 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _build(data: dict[str, Any], where: str) -> StudyConfig:
+    """synrank.config.build, with whole-study checks reported without echoing the whole config."""
+    from synrank.config import _check_keys
+
+    _check_keys(StudyConfig, data, "", where)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if key:
+                lines.append(f"{where}: key {key!r}: {msg} (got {err.get('input')!r})")
+            else:
+                lines.append(f"{where}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
 def load_study(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> StudyConfig:
     """Load a StudyConfig from YAML plus dotted overrides; problems raise ConfigError naming the key."""
-    study = load(StudyConfig, path, overrides)
+    from synrank.config import apply_overrides, load_yaml
+
+    data = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} + overrides" if path else "overrides"
+    study = _build(data, where)
     # Every configuration must make a valid RunConfig; say so now, not in a trial an hour later.
     from synrank.study.space import expand
 
     try:
         expand(study)
     except ValueError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     return study
 
 

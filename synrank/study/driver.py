@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,16 +79,42 @@ def _comparable(study: StudyConfig) -> dict[str, Any]:
     return data
 
 
+def _differences(old: Any, new: Any, defaults: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ; a key the old study did not have (an older synrank) counts
+    only when its new value is not the default."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            sub = f"{path}.{k}" if path else k
+            d = defaults.get(k) if isinstance(defaults, dict) else None
+            if k not in old:
+                if new[k] != d:
+                    out.append(sub)
+            elif k not in new:
+                out.append(sub)
+            else:
+                out.extend(_differences(old[k], new[k], d, sub))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            d = defaults[i] if isinstance(defaults, list) and i < len(defaults) else None
+            out.extend(_differences(a, b, d if d is not None else (b if isinstance(b, dict) and isinstance(a, dict) else None), f"{path}[{i}]"))
+        return out
+    return [] if old == new else [path]
+
+
 def _check_same_study(store: StudyStore, study: StudyConfig, fresh: bool) -> None:
     path = store.path("study.json")
     old = store.read_json_or(path)
     if old is None or fresh:
         return
-    if old != _comparable(study):
-        changed = sorted(k for k in set(old) | set(_comparable(study)) if old.get(k) != _comparable(study).get(k))
-        raise ConfigError(f"{store.root} holds a study with a different configuration (changed: {', '.join(changed)}); "
-                          "use another study_dir, or --fresh to start a new Tune experiment there "
-                          "(completed trials are reused)")
+    defaults = _comparable(StudyConfig.model_construct())
+    changed = _differences(old, _comparable(study), defaults)
+    if changed:
+        raise ConfigError(f"{store.root} holds a study with a different configuration (changed: {', '.join(changed[:8])}"
+                          f"{' ...' if len(changed) > 8 else ''}); use another study_dir, or --fresh to start a new "
+                          "Tune experiment there (completed trials are reused)")
 
 
 def _trainable(study: StudyConfig, views: dict[str, list[dict[str, Any]]]):
@@ -170,8 +197,10 @@ def ensure_synthetic(study: StudyConfig, store: StudyStore, address: str | None)
 
 
 def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = False,
-              write_report: bool = True) -> StudyResult:
-    """Run (or resume) `study`; returns what happened to each trial and the report's paths."""
+              retry_failed: bool = False, write_report: bool = True) -> StudyResult:
+    """Run (or resume) `study`; returns what happened to each trial and the report's paths.
+
+    Resuming keeps failed trials failed unless `retry_failed` (then they start over)."""
     from ray import tune
 
     from synrank.runtime import init_ray
@@ -202,7 +231,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
     if not fresh and tune.Tuner.can_restore(tune_dir):
         log.info("resuming the Tune experiment in %s", tune_dir)
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
+                                   restart_errored=retry_failed)
         restored = True
     else:
         if fresh and tune.Tuner.can_restore(tune_dir):
@@ -218,6 +247,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
             trainable,
             param_space=tune_param_space(study),
             tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
+                                        reuse_actors=False,  # a trial's actor owns its Train run: never reuse
                                         trial_dirname_creator=_trial_dirname(study),
                                         trial_name_creator=_trial_dirname(study), **extra),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=store.tune_storage,
@@ -276,12 +306,25 @@ def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> t
     return outcomes, new_trials
 
 
+_EXC_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Fault|Exit|Interrupt)): ?(.*)$")
+
+
+def summarize_error(text: str) -> str:
+    """The innermost exception line of a (Ray-wrapped) traceback: ``Type: message`` (with the next
+    line when the message continues there)."""
+    lines = [ln.rstrip() for ln in (text or "").splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        m = _EXC_LINE.match(lines[i])
+        if m and not m.group(1).startswith("RayTaskError"):
+            msg = m.group(2).strip()
+            if (not msg or msg.endswith(":")) and i + 1 < len(lines) and lines[i + 1].strip():
+                msg = f"{msg} {lines[i + 1].strip()}".strip()
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {msg}" if msg else m.group(1).rsplit(".", 1)[-1]
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    return first[:300]
+
+
 def _error_text(error: BaseException) -> str:
-    """The innermost cause of a trial's error, then the full chain (Tune wraps it in RayTaskError)."""
-    text = str(error)
-    cause = error
-    while getattr(cause, "__cause__", None) is not None:
-        cause = cause.__cause__
-    head = f"{type(cause).__name__}: {cause}".strip()
-    first = head.splitlines()[0] if head else type(error).__name__
-    return f"{first}\n\n{text}" if text and first not in text[:200] else text or first
+    """The error of a failed trial: its summary line, then the full text Tune recorded."""
+    text = str(error) or type(error).__name__
+    return f"{summarize_error(text)}\n\n{text}"

@@ -467,7 +467,9 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     if bad:
         lines.append("## Trials without results")
         lines.append("")
-        rows = [[x.trial_id, x.status, _first_line(x.error) if x.error else
+        from synrank.study.driver import summarize_error
+
+        rows = [[x.trial_id, x.status, _first_line(summarize_error(x.error)) if x.error else
                  ("stopped early by the scheduler" if x.status == "stopped" else "not finished (interrupted?)")]
                 for x in bad]
         lines.append(_md_table(["trial", "status", "reason"], rows, right=set()))
@@ -512,8 +514,10 @@ def _query_counts(trials: list[Trial]) -> dict[tuple[str, str], int]:
 def trials_csv(trials: list[Trial]) -> str:
     rows, fields = [], ["trial_id", "config_id", "seed", "status", "error"]
     for t in trials:
+        from synrank.study.driver import summarize_error
+
         row: dict[str, Any] = {"trial_id": t.trial_id, "config_id": t.config_id, "seed": t.seed, "status": t.status,
-                               "error": _first_line(t.error) if t.error else ""}
+                               "error": _first_line(summarize_error(t.error)) if t.error else ""}
         for k, v in t.axes.items():
             row[k] = v
             if k not in fields:

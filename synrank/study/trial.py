@@ -333,6 +333,8 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
 
     run = spec.run_config(study_cfg.base)
     tdir = store.trial_dir(spec.trial_id)
+    for stale in ("error.txt", "status.json"):  # a retried trial starts clean
+        store.remove(store.trial_file(spec.trial_id, stale))
     store.write_json({"trial_id": spec.trial_id, "config_id": spec.config_id, "axes": spec.axes, "seed": spec.seed,
                       "spec": spec.to_dict(), "run": run.model_dump(mode="json")}, store.trial_file(spec.trial_id, TRIAL))
     t_start = time.perf_counter()
@@ -354,8 +356,9 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
             state["dev_evals"] += 1
             state["dev_history"].append({"step": metrics.get("step"), **state["dev"],
                                          "seconds": time.perf_counter() - t0})
-        metrics.update(state["dev"])
-        metrics["dev_evals"] = state["dev_evals"]
+        if dev_views:  # a scheduler or searcher on the dev metric needs it in every result
+            metrics.update(state["dev"])
+            metrics["dev_evals"] = state["dev_evals"]
         _tune_report(metrics)
 
     try:
