@@ -130,6 +130,29 @@ def test_gather_is_identity_without_a_process_group():
     assert gather_with_grad(x) is x
 
 
+def test_scores_put_length_sorted_passage_chunks_back_in_their_slots(tiny_encoder):
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import Towers, scores_for
+
+    words = "lift drag wing flow shock layer heat nozzle panel flutter".split()
+    n = 9
+    data = GroupData(
+        query_ids=[f"q{i}" for i in range(n)], queries=[f"{words[i]} question" for i in range(n)],
+        doc_ids=[[f"d{i}-{j}" for j in range(1 + i % 3)] for i in range(n)],
+        texts=[[" ".join(words[: 1 + (i * 7 + j * 3) % 10]) for j in range(1 + i % 3)] for i in range(n)],
+        grades=[[1.0] + [0.0] * (i % 3) for i in range(n)])
+    batch = collate(data, np.arange(n), 0, 1, 3)
+    encoder = BiEncoder(_encoder(tiny_encoder)).eval()
+    with torch.no_grad():
+        scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
+        q = encoder.embed(batch.queries, "query")
+        expected = torch.zeros(n, n * 3)
+        for text, slot in zip(batch.passages, batch.slots.tolist()):
+            expected[:, slot] = (q @ encoder.embed([text], "passage").T)[:, 0]
+    assert len(batch.passages) == 18 and scores.shape == (9, 27)
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # the loop in this process
 

@@ -92,16 +92,18 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class Towers(nn.Module):
-    """One forward for queries and passages through the shared encoder (one DDP call per step)."""
+    """One forward for queries and passages through the shared encoder (one DDP call per step).
+    Passages come as length-sorted chunks (see ``scores_for``); their embeddings are concatenated."""
 
     def __init__(self, encoder: BiEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, queries: dict[str, torch.Tensor], passages: dict[str, torch.Tensor] | None):
+    def forward(self, queries: dict[str, torch.Tensor], passages: list[dict[str, torch.Tensor]]):
         q = self.encoder(queries)
-        p = self.encoder(passages) if passages is not None else q.new_zeros((0, q.shape[1]))
-        return q, p
+        if not passages:
+            return q, q.new_zeros((0, q.shape[1]))
+        return q, torch.cat([self.encoder(chunk) for chunk in passages], dim=0)
 
 
 def set_dropout(module: nn.Module, p: float) -> None:
@@ -135,14 +137,26 @@ def build_encoder(config: TrainConfig) -> BiEncoder:
     return encoder
 
 
+def passage_chunks(n: int, n_queries: int) -> int:
+    """Passages per encoder call: about one passage per query of the batch, at least 16."""
+    return max(16, n_queries)
+
+
 def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch.device) -> torch.Tensor:
-    """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch."""
+    """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch.
+
+    Passages are encoded in chunks of similar length (sorted by characters), so a short passage is
+    not padded to the longest one of the whole batch."""
     q_feat = {k: v.to(device) for k, v in encoder.tokenize(batch.queries, "query").items()}
-    p_feat = ({k: v.to(device) for k, v in encoder.tokenize(batch.passages, "passage").items()}
-              if batch.passages else None)
-    q, p = model(q_feat, p_feat)
+    order = sorted(range(len(batch.passages)), key=lambda i: len(batch.passages[i]))
+    size = passage_chunks(len(order), batch.n_queries)
+    chunks = [{k: v.to(device) for k, v in encoder.tokenize([batch.passages[i] for i in order[c : c + size]],
+                                                            "passage").items()}
+              for c in range(0, len(order), size)]
+    q, p = model(q_feat, chunks)
     slots = q.new_zeros((batch.n_queries * batch.group_size, q.shape[1]))
-    slots = slots.index_copy(0, batch.slots.to(device), p.to(slots.dtype))
+    where = batch.slots[torch.tensor(order, dtype=torch.long)] if order else batch.slots
+    slots = slots.index_copy(0, where.to(device), p.to(slots.dtype))
     local = torch.cat([q, slots], dim=0)
     gathered = gather_with_grad(local)
     world = gathered.shape[0] // local.shape[0]
