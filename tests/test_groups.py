@@ -243,12 +243,12 @@ def _llm_qrels(path: Path, rows) -> Path:
 def test_llm_groups_use_only_llm_rows(tmp_path, collection):
     llm = _llm_qrels(tmp_path / "llm.parquet", [
         ("q1", "d1", 3, "llm"), ("q1", "d2", 2, "llm"), ("q1", "d7", 1, "llm"), ("q1", "d8", 0, "llm"),
-        ("q2", "d4", 3, "llm"), ("q3", "d6", 0, "human"),  # a human row: ignored by the llm source
+        ("q2", "d4", 3, "llm"), ("q3", "d6", 2, "human"),  # a merged label set: human rows stay, as human
     ])
     cfg = GroupsConfig(source="llm", collection=str(collection), llm_qrels=str(llm), group_size=4,
                        bm25_negatives=0)
     rows = _by_query(build_groups(cfg)[0])
-    assert set(rows) == {"q1", "q2"}
+    assert set(rows) == {"q1", "q2", "q3"} and rows["q3"]["sources"] == ["human"]
     assert rows["q1"]["doc_ids"] == ["d1", "d2", "d7", "d8"] and rows["q1"]["grades"] == [3.0, 2.0, 1.0, 0.0]
     assert set(rows["q1"]["sources"]) == {"llm"}
     # 4 -> 3 -> 2 levels

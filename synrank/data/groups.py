@@ -15,8 +15,9 @@ Sources (``GroupsConfig.source``):
   (Cranfield) is split by query: ``split_queries`` with ``query_split`` (default 50 % / seed 13),
   and only the train part is used. Judged non-relevant passages (grade 0) stay in as hard negatives.
 - ``llm``: qrels with ``source=llm`` (``groups.llm_qrels``, the annotation stage's output) and the
-  collection's corpus; plus BM25 negatives as for ``human``. With ``query_split`` only the train
-  queries are used.
+  collection's corpus; plus BM25 negatives as for ``human``. A merged label set from ``synrank
+  annotate merge`` (human + LLM rows, Paper B's mixtures) is taken as it is, each row keeping its
+  source. With ``query_split`` only the train queries are used.
 - ``mixed``: per query, the synthetic passages and the real labelled passages (human qrels of the
   train queries, and LLM qrels when ``llm_qrels`` is given) and BM25 negatives. With ``relabel``
   (Paper A's setting) a real passage judged relevant takes ``real_positive_level`` (default: the
@@ -254,14 +255,14 @@ def _llm_qrels(cfg: GroupsConfig) -> pa.Table:
     if not cfg.llm_qrels:
         raise GroupsError(f"source={cfg.source} needs groups.llm_qrels: qrels with source=llm (`synrank annotate`)")
     table = read_qrels(cfg.llm_qrels, split=cfg.qrels_split, source="llm")
-    table = table.filter(pc.equal(table.column("source"), "llm"))
-    if table.num_rows == 0:
+    if pc.sum(pc.equal(table.column("source"), "llm")).as_py() in (None, 0):
         raise GroupsError(f"{cfg.llm_qrels}: no qrels rows with source=llm")
     return table
 
 
-def _grades(table: pa.Table, cfg: GroupsConfig, where: str, keep: set[str] | None) -> dict[str, dict[str, int]]:
-    """{query: {doc: grade on the final scale}}, rows of `keep` queries only (None: all).
+def _grades(table: pa.Table, cfg: GroupsConfig, where: str, keep: set[str] | None
+            ) -> dict[str, dict[str, tuple[int, str]]]:
+    """{query: {doc: (grade on the final scale, source)}}, rows of `keep` queries only (None: all).
 
     Mixed groups with relabelling only ask whether a real passage is relevant (grade > 0): grades
     are then checked against their scale but not collapsed."""
@@ -270,30 +271,34 @@ def _grades(table: pa.Table, cfg: GroupsConfig, where: str, keep: set[str] | Non
         mapping = {g: g for g in range(n_from)}
     else:
         mapping = _mapping(n_from, cfg.n_levels, "groups.n_levels")
-    out: dict[str, dict[str, int]] = {}
-    cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "grade")]
-    for row, (qid, did, grade) in enumerate(zip(*cols)):
+    out: dict[str, dict[str, tuple[int, str]]] = {}
+    cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "grade", "source")]
+    for row, (qid, did, grade, source) in enumerate(zip(*cols)):
         if keep is not None and qid not in keep:
             continue
         g = _collapse_grade(int(grade), mapping, n_from, f"{where}: row {row}",
                             "set groups.qrels_levels to the scale of these qrels")
-        out.setdefault(qid, {})[did] = g
+        out.setdefault(qid, {})[did] = (g, source or "human")
     return out
 
 
-def _merge(human: dict[str, dict[str, int]], llm: dict[str, dict[str, int]], precedence: str
-           ) -> dict[str, dict[str, tuple[int, str]]]:
-    """{query: {doc: (grade, source)}} from human and LLM labels under `precedence`."""
-    out: dict[str, dict[str, tuple[int, str]]] = {}
-    for qid, docs in human.items():
-        out[qid] = {d: (g, "human") for d, g in docs.items()}
+Labels = dict[str, dict[str, tuple[int, str]]]
+
+
+def _merge(human: Labels, llm: Labels, precedence: str) -> Labels:
+    """{query: {doc: (grade, source)}} from the human labels and the LLM label set under `precedence`.
+
+    The LLM label set is ``groups.llm_qrels`` as written: annotation output (source=llm), or a
+    merged human + LLM set from ``synrank annotate merge`` (Paper B's mixtures), whose rows keep
+    the source they carry."""
+    out: Labels = {qid: dict(docs) for qid, docs in human.items()}
     for qid, docs in llm.items():
         if precedence == "add" and qid not in human:
             continue
         target = out.setdefault(qid, {})
-        for d, g in docs.items():
+        for d, label in docs.items():
             if d not in target or precedence == "llm":
-                target[d] = (g, "llm")
+                target[d] = label
     return out
 
 
@@ -408,7 +413,7 @@ def build_groups(cfg: GroupsConfig) -> tuple[pa.Table, GroupStats]:
     else:
         texts = _query_texts(cfg)
         corpus = _Corpus(cfg.collection)
-        human: dict[str, dict[str, int]] = {}
+        human: Labels = {}
         train_ids: set[str] | None = None
         if cfg.source in ("human", "mixed"):
             from synrank.data.readers import read_qrels
@@ -427,7 +432,7 @@ def build_groups(cfg: GroupsConfig) -> tuple[pa.Table, GroupStats]:
             split = human_split(cfg.collection, cfg.qrels_split, cfg.query_split)
             train_ids = set(split.train_ids or [])
             stats.train_queries, stats.held_out_queries = len(split.train_ids or []), len(split.test_ids or [])
-        llm: dict[str, dict[str, int]] = {}
+        llm: Labels = {}
         if cfg.source == "llm" or (cfg.source == "mixed" and cfg.llm_qrels):
             llm = _grades(_llm_qrels(cfg), cfg, str(cfg.llm_qrels), train_ids)
             if not llm and cfg.source == "llm":
