@@ -47,6 +47,7 @@ def write_config(config: TrainConfig, out_dir: str) -> str:
 def write_curve(history: Sequence[dict[str, Any]], out_dir: str, title: str = "") -> tuple[str, str]:
     """curve.json and curve.png of the per-step metrics."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,6 +60,7 @@ def write_curve(history: Sequence[dict[str, Any]], out_dir: str, title: str = ""
     ax.plot(steps, [h["loss"] for h in history], color="tab:blue", marker="." if len(steps) < 60 else None,
             label="loss")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("training loss", color="tab:blue")
     ax.grid(alpha=0.3)
     if history and "lr" in history[0]:
