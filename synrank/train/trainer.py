@@ -4,14 +4,16 @@
 >>> result.model_dir            # a sentence-transformers directory
 >>> result.metrics_history[-1]  # {"step": ..., "loss": ..., "lr": ..., "examples_per_s": ...}
 
-Inside a Ray Tune trial build the trainer yourself and pass Tune's callback through the run config::
+Inside a Ray Tune trial (a function trainable) call ``fit`` as above: when the run config names no
+callbacks, ``build_trainer`` adds Ray Tune's ``TuneReportCallback``, so every Train report (loss,
+lr, examples/s, checkpoint path) reaches Tune and ASHA-style schedulers. To control the pieces,
+build the trainer yourself::
 
-    trainer = build_trainer(config, groups, out, run_config_overrides={
-        "callbacks": [TuneReportCallback()], "name": "train", "storage_path": trial_dir})
+    trainer = build_trainer(config, groups, out, run_config_overrides={"storage_path": trial_dir})
     result = trainer.fit()
     finish(result, config, groups, out)          # export model, config, curve -> TrainResult
 
-or simply call ``fit(config, groups, out, run_config_overrides={...})``, which does both.
+(``resolve(config, groups, out)`` first checks the config and fills in group size and steps.)
 
 Checkpoints go to ``<storage_path>/<name>/checkpoint_<step>`` (default ``<out_dir>/ray/train``),
 every ``checkpoint_every`` steps and at the end, keeping ``keep_checkpoints``. A worker that dies
@@ -95,6 +97,14 @@ def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str
     return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
 
 
+def _in_tune_trial() -> bool:
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    except ImportError:  # pragma: no cover - Ray without Tune
+        return False
+    return bool(_in_tune_session())
+
+
 def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None):
     """A ``TorchTrainer`` for ``config`` (gloo on CPU, NCCL on GPU); not started."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -112,6 +122,11 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
         "failure_config": FailureConfig(max_failures=config.max_failures),
     }
     run_kwargs.update(run_config_overrides or {})
+    if "callbacks" not in (run_config_overrides or {}) and _in_tune_trial():
+        # Inside a Ray Tune trial: forward every Train report to Tune (the current Train/Tune pattern).
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        run_kwargs["callbacks"] = [TuneReportCallback()]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(config, groups_path, out_dir),
