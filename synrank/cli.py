@@ -21,6 +21,7 @@ STAGE_COMMANDS = [
     "synrank.evaluate.cli",
     "synrank.train.cli",
     "synrank.annotate.cli",
+    "synrank.study.cli",
 ]
 
 Handler = Callable[[argparse.Namespace], int | None]
