@@ -269,6 +269,7 @@ def encode_sources(
     num_encoders: int | None = None,
     block_rows: int | None = None,
     resources=None,
+    progress: bool = True,
 ) -> dict[str, EncodedShards]:
     """Encode every source's queries and corpus on a Ray Data actor pool; return shard paths.
 
@@ -286,20 +287,16 @@ def encode_sources(
         block_rows = block_rows_for(sum(known) if known and None not in known else None, plan.size)
     log.info("encoding with %s, blocks of %d rows", plan.describe(), block_rows)
     emb_dirs = {s.key: s.emb_dir for s in sources}
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
 
+    # Read tasks take no CPU slot (the encoders hold them all on a CPU-only cluster; reading is
+    # light). A local corpus is read on this node, by its node-id label: others may not see it.
     read_args: dict[str, Any] = {"num_cpus": 0}
     if any(s.corpus_path and "://" not in s.corpus_path for s in sources):
-        # A local corpus is read on this node: other nodes may not see the path.
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        read_args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        read_args["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     ds = ray.data.read_datasource(
         _text_datasource(sources, block_rows),
-        ray_remote_args=read_args,
         override_num_blocks=max(1, sum(1 for s in sources if s.query_ids) + sum(1 for s in sources if s.corpus_path)),
+        **read_args,
     )
     remote: dict[str, Any] = {"num_cpus": plan.num_cpus}
     if plan.num_gpus:
@@ -317,9 +314,15 @@ def encode_sources(
         **remote,
     )
     result = {s.key: EncodedShards() for s in sources}
-    for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-        for key, kind, path, rows in zip(*(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
-            result[key].shards[kind].append((path, rows))
+    ctx = ray.data.DataContext.get_current()
+    shown = ctx.enable_progress_bars
+    ctx.enable_progress_bars = progress
+    try:
+        for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+            for key, kind, path, rows in zip(*(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
+                result[key].shards[kind].append((path, rows))
+    finally:
+        ctx.enable_progress_bars = shown
     return result
 
 

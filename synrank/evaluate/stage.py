@@ -21,6 +21,7 @@ of the corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -196,11 +197,16 @@ def check_encoder(model: str) -> str:
         path = resolve_encoder(model)
     except ModelNotFound as exc:
         raise ModelError(f"model {model!r} is not an encoder: {exc} (or pass 'bm25' or 'default')") from None
-    local = Path(path)
-    if not local.is_dir():
-        return path  # a hub name: loading it in the encoder actors tells
     from transformers import AutoConfig, AutoTokenizer
 
+    local = Path(path)
+    if not local.is_dir():  # a hub name: its config must be reachable (cache or network) from here too
+        try:
+            AutoConfig.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"model {model!r} is not a local directory and not a loadable hub model ({exc}); "
+                             "pass an encoder directory, 'default' or 'bm25'") from None
+        return path
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
@@ -281,9 +287,7 @@ def evaluate(
     prepared = [prepare_collection(p, config.split, n) for p, n in zip(config.collections, names)]
     label = model_label(model)
     out = os.fspath(config.out)
-    options = index_options or IndexOptions(kind=config.index)
-    if options.kind != config.index and index_options is None:  # pragma: no cover - defensive
-        options.kind = config.index
+    options = dataclasses.replace(index_options or IndexOptions(), kind=config.index)
     settings: dict[str, Any] = {"model": model, "label": label, "split": config.split, "top_k": config.top_k,
                                 "relevance_level": relevance_level}
     results: dict[str, dict[str, Any]] = {}
@@ -317,7 +321,7 @@ def evaluate(
                  total_docs, len(prepared), label)
         t0 = time.perf_counter()
         shards = encode_sources(sources, model_path, overrides=overrides, batch_size=config.batch_size,
-                                num_encoders=config.num_encoders, resources=resources)
+                                num_encoders=config.num_encoders, resources=resources, progress=progress)
         encode_s = time.perf_counter() - t0
         log.info("encoded in %.1f s (%.1f docs/s)", encode_s, total_docs / max(encode_s, 1e-9))
         for col in prepared:

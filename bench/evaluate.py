@@ -1,0 +1,325 @@
+"""Benchmark of `synrank evaluate` (not a test): encoding throughput against sentence-transformers,
+search + metrics time against encoding time, and peak memory at 1x and 10x corpus size.
+
+    .venv/bin/python bench/evaluate.py [--collection ../shared/data/cranfield] [--threads N]
+                                       [--reps 2] [--scale 10] [--out bench/results/evaluate.json]
+
+1. Throughput. The collection's corpus ("title text", 256 tokens max, batch 64, the packaged
+   all-MiniLM-L6-v2) is encoded by sentence-transformers `encode` in this process with `threads`
+   torch threads, and by synrank's Ray Data pipeline (`encode.encode_sources`: read task, one encoder
+   actor with `threads` CPUs and torch threads, Parquet shards) on an embedded Ray with `threads`
+   CPUs. Repetitions alternate (ST, synrank, ST, synrank, ...) so load drifts hit both; the ratio is
+   of medians. Both timings include loading the model (ST: `SentenceTransformer(path)`; synrank:
+   the actor start and its model load) and exclude Ray's own start. The embeddings are compared too.
+2. Search + metrics. `evaluate_model("default", [collection])`: faiss flat index build + top-100
+   search + pytrec_eval, as a fraction of that run's encoding time.
+3. Memory. A synthetic collection (documents of 40-80 words drawn from the collection's vocabulary,
+   100 queries) of 1x and `scale`x the collection's size is evaluated end to end in a fresh
+   process each; a sampler thread records the peak RSS of the driver and of the encoder actor.
+   Flat means the 10x peak is within 20 % of the 1x peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _load(folder: Path):
+    docs = [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return docs
+
+
+def _texts(docs) -> list[str]:
+    from synrank.encoder import format_passage
+
+    return [format_passage(d.get("title"), d.get("text")) for d in docs]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. throughput
+
+
+def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> dict:
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from synrank.config import EncoderConfig
+    from synrank.evaluate.encode import EncodeSource, encode_sources, read_all
+    from synrank.models import resolve_encoder
+    from synrank.runtime import init_ray
+
+    torch.set_num_threads(threads)
+    docs = _load(collection)
+    texts = _texts(docs)
+    settings = EncoderConfig()
+    resources = init_ray(num_cpus=threads)
+    path = resolve_encoder("default")
+    st_times, sr_times, st_encode_only = [], [], []
+    st_vectors = sr = None
+    for rep in range(reps):
+        t0 = time.perf_counter()
+        model = SentenceTransformer(path, device="cpu")
+        model.max_seq_length = settings.max_passage_length
+        t1 = time.perf_counter()
+        st_vectors = model.encode(texts, batch_size=64, convert_to_numpy=True)
+        t2 = time.perf_counter()
+        st_times.append(t2 - t0)
+        st_encode_only.append(t2 - t1)
+        del model
+        print(f"  rep {rep + 1}: sentence-transformers {t2 - t0:.1f} s", flush=True)
+
+        emb_dir = work / f"emb{rep}"
+        t0 = time.perf_counter()
+        shards = encode_sources([EncodeSource("c", str(emb_dir), [], [], str(collection), len(docs))], "default",
+                                batch_size=64, resources=resources)
+        sr_times.append(time.perf_counter() - t0)
+        sr = shards["c"]
+        print(f"  rep {rep + 1}: synrank {sr_times[-1]:.1f} s", flush=True)
+    ids, vectors = read_all(sr.paths("passage"))
+    order = {d: i for i, d in enumerate(ids)}
+    vectors = vectors[[order[str(d["_id"])] for d in docs]]
+    st_med, sr_med = statistics.median(st_times), statistics.median(sr_times)
+    return {
+        "documents": len(docs),
+        "threads": threads,
+        "batch_size": 64,
+        "max_length": settings.max_passage_length,
+        "sentence_transformers_s": st_times,
+        "sentence_transformers_encode_only_s": st_encode_only,
+        "synrank_s": sr_times,
+        "sentence_transformers_docs_per_s": len(docs) / st_med,
+        "synrank_docs_per_s": len(docs) / sr_med,
+        "ratio_synrank_over_st": st_med / sr_med,
+        "ratio_vs_st_encode_only": statistics.median(st_encode_only) / sr_med,
+        "max_abs_embedding_diff": float(np.abs(vectors - st_vectors).max()),
+        "goal": ">= 1.0",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. search + metrics as a fraction of encoding
+
+
+def bench_search(collection: Path, work: Path) -> dict:
+    from synrank.evaluate import evaluate_model
+
+    result = evaluate_model("default", [str(collection)], str(work / "eval"), progress=False)
+    r = next(iter(result.values()))
+    t = r["timings"]
+    post = t["index_s"] + t["search_s"] + t["metrics_s"]
+    return {
+        "encode_s": t["encode_s_all_collections"],
+        "index_s": t["index_s"], "search_s": t["search_s"], "metrics_s": t["metrics_s"],
+        "search_and_metrics_s": post,
+        "fraction_of_encoding": post / t["encode_s_all_collections"],
+        "ndcg@10": r["metrics"]["ndcg@10"],
+        "goal": "<= 0.10",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. memory at 1x and 10x (each in a fresh process)
+
+
+def make_synthetic(collection: Path, n_docs: int, out: Path, seed: int = 0) -> Path:
+    words = [w for w in re.findall(r"[a-z]{3,}", " ".join(_texts(_load(collection))).lower())]
+    vocab = sorted(set(words))
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "corpus.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(40, 80)))
+            handle.write(json.dumps({"_id": f"s{i}", "title": rng.choice(vocab), "text": text}) + "\n")
+    with open(out / "queries.jsonl", "w", encoding="utf-8") as handle:
+        for q in range(100):
+            handle.write(json.dumps({"_id": f"q{q}", "text": " ".join(rng.choice(words) for _ in range(8))}) + "\n")
+    (out / "qrels").mkdir(exist_ok=True)
+    with open(out / "qrels" / "test.tsv", "w", encoding="utf-8") as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        for q in range(100):
+            for d in rng.sample(range(n_docs), 3):
+                handle.write(f"q{q}\ts{d}\t{rng.randint(1, 3)}\n")
+    return out
+
+
+class PeakSampler(threading.Thread):
+    """Peak RSS of this process and of the encoder actor(s), sampled every 0.1 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil = psutil
+        self.me = psutil.Process()
+        self.driver = 0
+        self.actor = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.driver = max(self.driver, self.me.memory_info().rss)
+            for proc in self.psutil.process_iter(["cmdline"]):
+                try:
+                    cmd = " ".join(proc.info["cmdline"] or [])
+                    if "MapBatches(_EncodeBatch)" in cmd and proc.ppid() != 0:
+                        self.actor = max(self.actor, proc.memory_info().rss)
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    pass
+            time.sleep(0.1)
+
+
+def memory_child(folder: Path, threads: int, work: Path) -> dict:
+    import resource
+
+    from synrank.evaluate import evaluate_model
+    from synrank.runtime import init_ray
+
+    init_ray(num_cpus=threads)
+    sampler = PeakSampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    result = evaluate_model("default", [str(folder)], str(work / "out"), progress=False)
+    seconds = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    r = next(iter(result.values()))
+    return {
+        "documents": r["num_docs"],
+        "seconds": seconds,
+        "driver_peak_rss_mb": sampler.driver / 2**20,
+        "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "encoder_actor_peak_rss_mb": sampler.actor / 2**20,
+    }
+
+
+def bench_memory(collection: Path, threads: int, scale: int, work: Path) -> dict:
+    n = len(_load(collection))
+    out = {}
+    for factor in (1, scale):
+        folder = make_synthetic(collection, n * factor, work / f"synthetic{factor}x")
+        cmd = [sys.executable, __file__, "--memory-child", str(folder), "--threads", str(threads),
+               "--work", str(work / f"mem{factor}x")]
+        print(f"  {factor}x: {n * factor} synthetic documents ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child failed:\n{proc.stderr[-4000:]}")
+        out[f"{factor}x"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {factor}x: {out[f'{factor}x']}", flush=True)
+    base, big = out["1x"], out[f"{scale}x"]
+    out["driver_growth"] = big["driver_peak_rss_mb"] / base["driver_peak_rss_mb"] - 1
+    out["encoder_actor_growth"] = big["encoder_actor_peak_rss_mb"] / max(base["encoder_actor_peak_rss_mb"], 1e-9) - 1
+    out["goal"] = "growth <= 0.20"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--collection", default=str(REPO.parent / "shared" / "data" / "cranfield"))
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "evaluate.json"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "search", "memory"])
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.memory_child:
+        print(json.dumps(memory_child(Path(args.memory_child), args.threads, Path(args.work))))
+        return 0
+
+    collection = Path(args.collection)
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_start": os.getloadavg()},
+        "collection": str(collection.name),
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        work = Path(tmp)
+        if "memory" not in args.skip:
+            # First, in fresh processes, before this one holds Ray and models.
+            print("memory:", flush=True)
+            results["memory"] = bench_memory(collection, args.threads, args.scale, work)
+        if "throughput" not in args.skip:
+            print("throughput:", flush=True)
+            results["throughput"] = bench_throughput(collection, args.threads, args.reps, work)
+        if "search" not in args.skip:
+            print("search + metrics:", flush=True)
+            results["search"] = bench_search(collection, work)
+    import faiss
+    import ray
+    import sentence_transformers
+    import torch
+
+    results["versions"] = {"torch": torch.__version__, "ray": ray.__version__, "faiss": faiss.__version__,
+                           "sentence_transformers": sentence_transformers.__version__}
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - started
+
+    rows = []
+    if "throughput" in results:
+        t = results["throughput"]
+        rows += [
+            ("encoding throughput, synrank / sentence-transformers", f"{t['ratio_synrank_over_st']:.3f}", ">= 1.0"),
+            ("  synrank docs/s", f"{t['synrank_docs_per_s']:.1f}", ""),
+            ("  sentence-transformers docs/s", f"{t['sentence_transformers_docs_per_s']:.1f}", ""),
+            ("  ratio vs ST encode() only (model load excluded)", f"{t['ratio_vs_st_encode_only']:.3f}", ""),
+            ("  max |embedding difference|", f"{t['max_abs_embedding_diff']:.2e}", ""),
+        ]
+    if "search" in results:
+        s = results["search"]
+        rows.append(("search + metrics / encoding", f"{s['fraction_of_encoding']:.4f}", "<= 0.10"))
+    if "memory" in results:
+        m = results["memory"]
+        big = f"{args.scale}x"
+        rows += [
+            (f"driver peak RSS 1x -> {big} (MB)",
+             f"{m['1x']['driver_peak_rss_mb']:.0f} -> {m[big]['driver_peak_rss_mb']:.0f} ({m['driver_growth']:+.1%})",
+             "<= +20%"),
+            (f"encoder actor peak RSS 1x -> {big} (MB)",
+             f"{m['1x']['encoder_actor_peak_rss_mb']:.0f} -> {m[big]['encoder_actor_peak_rss_mb']:.0f} "
+             f"({m['encoder_actor_growth']:+.1%})", "<= +20%"),
+        ]
+    width = max(len(r[0]) for r in rows) if rows else 10
+    vwidth = max(len(r[1]) for r in rows) if rows else 10
+    print()
+    print(f"| {'measure'.ljust(width)} | {'value'.ljust(vwidth)} | goal     |")
+    print(f"| {'-' * width} | {'-' * vwidth} | -------- |")
+    for name, value, goal in rows:
+        print(f"| {name.ljust(width)} | {value.ljust(vwidth)} | {goal.ljust(8)} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
