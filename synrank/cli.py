@@ -18,6 +18,7 @@ from synrank.config import ConfigError
 # Modules that define `register(subparsers)`; order is the order of `synrank --help`.
 STAGE_COMMANDS = [
     "synrank.data.cli",
+    "synrank.generate.cli",
     "synrank.evaluate.cli",
     "synrank.train.cli",
     "synrank.annotate.cli",

@@ -1,0 +1,600 @@
+"""`synrank generate`: graded synthetic passages for real queries, on Ray Data with engine actors.
+
+    result = generate(GenerateConfig(queries="queries.jsonl", out="runs/syn"))
+    result.report["per_level"]      # also printed, and written to runs/syn/_report.json
+
+Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries):
+
+    shard tasks --map(build_requests)--> requests (query x level x sample, with their chats and doc ids)
+                --map(ShardGenerator, actor pool)--> engine pool (vLLM actors) -> validation
+                   -> bounded retries of rejected rows -> the shard's files, written atomically
+                --> one summary row per shard back to the driver (progress, report)
+
+Each shard is sent whole to one engine of the pool (`shard % num_engines`), so vLLM batches all
+its prompts at once and prefix caching serves the levels of a query from one prefix. Validation
+needs the engine again (retries), which is why generation, parsing and writing of a shard happen in
+one Ray Data stage.
+
+Output folder (local path or fsspec URL):
+
+- ``part-NNNNN.parquet``: the passages of shard N, exactly the SYNTHETIC_PASSAGES schema (a
+  Parquet folder: pyarrow, Ray Data and `synrank.data.readers.read_table(out, "synthetic")` read
+  it whole; the underscore-prefixed entries below are skipped by those readers);
+- ``_errors/part-NNNNN.parquet``: every rejected attempt with its reason and raw text;
+- ``_stats/part-NNNNN.json``: counts, tokens and timings of the shard;
+- ``_manifest.json``: the settings that determine the content (model, prompts and their
+  fingerprint, scale, sampling, validation, shard size, seed);
+- ``_report.json`` and ``_fidelity.parquet``: the report (see `synrank.generate.report`).
+
+Resumption: a shard's passage file is written last, by atomic rename, and carries the digest of
+its queries (and swap partners) in its Parquet metadata; a rerun skips every shard whose file
+exists with the digest it would write, and redoes the others. Doc ids are a stable hash of
+(query_id, level, sample, model, prompt_version), so a killed and rerun job ends with exactly
+one row per (query, level, sample) - or that row's final rejection in ``_errors`` - never a
+duplicate. A rerun with different content settings is refused (`overwrite=true` starts over);
+a different query list (e.g. a larger `limit`) keeps the shards whose queries did not change.
+
+Generated text is not reproducible on CPU (vLLM seeds the engine, not requests, and batch
+composition changes the random stream); on GPU each request gets its own seed (the `seed`
+column) and reruns of a shard reproduce its text. Ids are stable everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synrank.config import GenerateConfig, RuntimeConfig
+from synrank.data import schemas
+from synrank.data.atomic import write_json, write_parquet
+from synrank.generate.engine import EngineSpec, SamplingSpec, model_label
+from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
+from synrank.generate.prompts import get_template, level_prompt
+from synrank.generate.swap import stable_int, swap_partners
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "_manifest.json"
+REPORT = "_report.json"
+DIGEST_KEY = b"synrank.shard_digest"
+
+ERRORS = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("level", pa.int8()),
+    ("sample", pa.int32()),
+    ("attempt", pa.int32()),
+    ("final", pa.bool_()),  # no attempt left: the row is missing from the passages
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("text", pa.string()),  # raw model output
+    ("n_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("for_query_id", pa.string()),  # the query the prompt was written for (swap: the partner)
+    ("model", pa.string()),
+    ("prompt_version", pa.string()),
+])
+
+
+class GenerateError(ValueError):
+    """A problem with the generation run's inputs or output folder."""
+
+
+def doc_id(query_id: str, level: int, sample: int, model: str, prompt_version: str) -> str:
+    """Stable id of a synthetic passage (the same in every run and process)."""
+    key = json.dumps([str(query_id), int(level), int(sample), str(model), str(prompt_version)])
+    return "syn-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings that travel to the workers
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: str
+    model: str  # label
+    prompt_version: str
+    n_levels: int
+    samples_per_level: int
+    level0_strategy: str
+    sampling: SamplingSpec
+    retry_sampling: SamplingSpec
+    max_retries: int
+    seed: int
+    parse: ParseSettings
+    per_request_seed: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the content of the output: a rerun must match it."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "prompt_fingerprint": get_template(self.prompt_version).fingerprint(),
+            "n_levels": self.n_levels,
+            "samples_per_level": self.samples_per_level,
+            "level0_strategy": self.level0_strategy,
+            "sampling": asdict(self.sampling),
+            "retry_sampling": asdict(self.retry_sampling),
+            "max_retries": self.max_retries,
+            "seed": self.seed,
+            "parse": asdict(self.parse),
+        }
+
+
+def settings_from_config(cfg: GenerateConfig, out: str) -> RunSettings:
+    get_template(cfg.prompt_version)  # unknown versions fail before anything starts
+    sampling = SamplingSpec(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty)
+    # A retry must be able to come out differently: greedy decoding would repeat itself.
+    retry = SamplingSpec(max_tokens=cfg.max_tokens, temperature=max(cfg.temperature, 0.7), top_p=cfg.top_p,
+                         repetition_penalty=cfg.repetition_penalty)
+    return RunSettings(
+        out=out.rstrip("/"),
+        model=model_label(cfg.model),
+        prompt_version=cfg.prompt_version,
+        n_levels=cfg.n_levels,
+        samples_per_level=cfg.samples_per_level,
+        level0_strategy=cfg.level0_strategy,
+        sampling=sampling,
+        retry_sampling=retry,
+        max_retries=cfg.max_retries,
+        seed=cfg.seed,
+        parse=ParseSettings(min_words=cfg.min_words),
+    )
+
+
+def engine_spec_from_config(cfg: GenerateConfig) -> EngineSpec:
+    return EngineSpec(
+        model=cfg.model,
+        backend=cfg.engine,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=cfg.seed,
+        max_num_seqs=cfg.batch_size,
+        enforce_eager=cfg.enforce_eager,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        cpu_kv_cache_gib=cfg.cpu_kv_cache_gib,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def part_path(out: str, shard: int) -> str:
+    return _join(out, f"part-{shard:05d}.parquet")
+
+
+def errors_path(out: str, shard: int) -> str:
+    return _join(out, "_errors", f"part-{shard:05d}.parquet")
+
+
+def stats_path(out: str, shard: int) -> str:
+    return _join(out, "_stats", f"part-{shard:05d}.json")
+
+
+def _fs(out: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(out)
+
+
+def _list(out: str, sub: str = "") -> list[str]:
+    """File names directly under out/sub (empty if missing)."""
+    fs, root = _fs(out)
+    path = root.rstrip("/") + ("/" + sub if sub else "")
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def _remove(path: str) -> None:
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver)
+
+
+@dataclass
+class ShardTask:
+    shard: int
+    engine: int
+    query_ids: list[str]
+    queries: list[str]
+    partner_ids: list[str | None]
+    partner_texts: list[str | None]
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps([self.query_ids, self.queries, self.partner_ids, self.partner_texts])
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardTask":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Plan:
+    tasks: list[ShardTask]
+    n_queries: int
+    skipped_queries: list[str]  # empty texts
+    swap_fallbacks: list[str]  # queries without a partner: level 0 by prompt
+
+
+def plan_shards(queries: pa.Table, cfg: GenerateConfig, num_engines: int = 1) -> Plan:
+    ids = [str(x) for x in queries.column("query_id").to_pylist()]
+    texts = ["" if t is None else str(t) for t in queries.column("text").to_pylist()]
+    skipped = [q for q, t in zip(ids, texts) if not t.strip()]
+    if skipped:
+        log.warning("%d queries have an empty text and are skipped: %s", len(skipped), skipped[:5])
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
+    if cfg.limit is not None:
+        ids, texts = ids[: cfg.limit], texts[: cfg.limit]
+    if not ids:
+        raise GenerateError("no queries to generate for")
+    partners: list[int | None] = [None] * len(ids)
+    if cfg.level0_strategy == "swap":
+        partners = swap_partners(ids, texts, cfg.seed, block=cfg.shard_size)
+    fallbacks = [ids[i] for i, p in enumerate(partners) if p is None] if cfg.level0_strategy == "swap" else []
+    if fallbacks:
+        log.warning("level0_strategy=swap: %d queries have no other query to pair with; their level 0 is prompted",
+                    len(fallbacks))
+    tasks = []
+    for s, start in enumerate(range(0, len(ids), cfg.shard_size)):
+        idx = range(start, min(start + cfg.shard_size, len(ids)))
+        tasks.append(ShardTask(
+            shard=s,
+            engine=s % max(1, num_engines),
+            query_ids=[ids[i] for i in idx],
+            queries=[texts[i] for i in idx],
+            partner_ids=[None if partners[i] is None else ids[partners[i]] for i in idx],
+            partner_texts=[None if partners[i] is None else texts[partners[i]] for i in idx],
+        ))
+    return Plan(tasks, len(ids), skipped, fallbacks)
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+
+
+def build_requests(task: ShardTask, settings: RunSettings) -> list[dict[str, Any]]:
+    """One request per (query, level, sample), levels of a query adjacent (shared prompt prefix)."""
+    top = settings.n_levels - 1
+    requests = []
+    for qid, query, pid, ptext in zip(task.query_ids, task.queries, task.partner_ids, task.partner_texts):
+        for level in range(top, -1, -1):
+            swapped = level == 0 and settings.level0_strategy == "swap" and pid is not None
+            for_id, for_text, ask = (pid, ptext, top) if swapped else (qid, query, level)
+            chat = level_prompt(for_text, ask, settings.n_levels, settings.prompt_version)
+            for sample in range(settings.samples_per_level):
+                requests.append({
+                    "doc_id": doc_id(qid, level, sample, settings.model, settings.prompt_version),
+                    "query_id": qid,
+                    "level": level,
+                    "sample": sample,
+                    "for_query_id": for_id,
+                    "chat": chat,
+                })
+    return requests
+
+
+def _expand(row: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
+    task = ShardTask.from_json(row["task"])
+    return {"task": row["task"], "requests": json.dumps(build_requests(task, settings))}
+
+
+class ShardGenerator:
+    """The engine stage of the Ray Data pipeline: one shard in, its files written, a summary out."""
+
+    def __init__(self, pool: Any, settings: RunSettings) -> None:
+        self.pool = pool  # synrank.generate.pool.PoolHandle
+        self.settings = settings
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        task = ShardTask.from_json(row["task"])
+        requests = json.loads(row["requests"])
+        return run_shard(task, requests, self.settings, self.pool.generate_on)
+
+
+def _row_seed(settings: RunSettings, request: dict[str, Any], attempt: int) -> int:
+    return stable_int(settings.seed, request["doc_id"], attempt)
+
+
+def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSettings, generate_on) -> dict[str, Any]:
+    """Generate, validate (with retries) and write one shard; returns its stats."""
+    started = time.perf_counter()
+    dedup = DuplicateFilter()
+    accepted: dict[str, dict[str, Any]] = {}
+    errors: list[dict[str, Any]] = []
+    stats = {"attempt_tokens": 0, "prompt_tokens": 0, "engine_call_s": 0.0, "engine_calls": 0, "trimmed": 0}
+    pending = list(requests)
+    for attempt in range(settings.max_retries + 1):
+        if not pending:
+            break
+        sampling = settings.sampling if attempt == 0 else settings.retry_sampling
+        seeds = [_row_seed(settings, r, attempt) for r in pending]
+        t0 = time.perf_counter()
+        completions = generate_on(task.engine, [r["chat"] for r in pending], sampling, seeds)
+        stats["engine_call_s"] += time.perf_counter() - t0
+        stats["engine_calls"] += 1
+        retry = []
+        for r, c in zip(pending, completions):
+            stats["attempt_tokens"] += c.n_tokens
+            stats["prompt_tokens"] += c.prompt_tokens
+            parsed = parse_passage(c.text, c.finish_reason, settings.parse)
+            reason, detail = parsed.reason, parsed.detail
+            if parsed.ok and dedup.seen(r["query_id"], parsed.text):
+                reason, detail = "duplicate", "the same text as another passage of this query"
+            if reason is None:
+                stats["trimmed"] += int(parsed.trimmed)
+                accepted[r["doc_id"]] = {
+                    "query_id": r["query_id"],
+                    "doc_id": r["doc_id"],
+                    "level": r["level"],
+                    "text": parsed.text,
+                    "model": settings.model,
+                    "prompt_version": settings.prompt_version,
+                    "seed": c.seed if c.seed is not None else settings.seed,
+                    "n_tokens": c.n_tokens,
+                    "finish_reason": c.finish_reason,
+                }
+                continue
+            final = attempt == settings.max_retries
+            errors.append({
+                "query_id": r["query_id"], "doc_id": r["doc_id"], "level": r["level"], "sample": r["sample"],
+                "attempt": attempt, "final": final, "reason": reason, "detail": detail, "text": c.text,
+                "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "for_query_id": r["for_query_id"],
+                "model": settings.model, "prompt_version": settings.prompt_version,
+            })
+            if not final:
+                retry.append(r)
+        pending = retry
+    # Rows in request order: deterministic files whatever the order of acceptance.
+    rows = [accepted[r["doc_id"]] for r in requests if r["doc_id"] in accepted]
+    passages = pa.Table.from_pylist(rows, schema=schemas.SYNTHETIC_PASSAGES)
+    passages = passages.replace_schema_metadata({DIGEST_KEY: task.digest.encode()})
+    reasons: dict[str, int] = {}
+    for e in errors:
+        reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    summary = {
+        "shard": task.shard,
+        "digest": task.digest,
+        "n_queries": len(task.query_ids),
+        "expected": len(requests),
+        "rows": passages.num_rows,
+        "final_failures": sum(1 for e in errors if e["final"]),
+        "rejections": reasons,
+        "generated_tokens": int(sum(r["n_tokens"] for r in rows)),
+        "attempt_tokens": stats["attempt_tokens"],
+        "prompt_tokens": stats["prompt_tokens"],
+        "engine_calls": stats["engine_calls"],
+        "engine_call_s": round(stats["engine_call_s"], 3),
+        "trimmed": stats["trimmed"],
+        "wall_s": 0.0,
+        "finished_at": 0.0,
+    }
+    # errors and stats first, the passage file last: its presence marks the shard as done.
+    write_parquet(pa.Table.from_pylist(errors, schema=ERRORS), errors_path(settings.out, task.shard))
+    summary["wall_s"] = round(time.perf_counter() - started, 3)
+    summary["finished_at"] = time.time()
+    write_json(summary, stats_path(settings.out, task.shard))
+    write_parquet(passages, part_path(settings.out, task.shard))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Resumption
+
+
+def shard_digest_on_disk(out: str, shard: int) -> str | None:
+    """The digest a finished shard file carries, or None if there is none (or it is unreadable)."""
+    path = part_path(out, shard)
+    fs, p = _fs(path)
+    try:
+        if not fs.exists(p):
+            return None
+        with fs.open(p, "rb") as handle:
+            meta = pq.read_schema(handle).metadata or {}
+        value = meta.get(DIGEST_KEY)
+        return value.decode() if value else None
+    except Exception:  # a truncated or foreign file: redo the shard
+        return None
+
+
+def _check_manifest(out: str, settings: RunSettings, overwrite: bool) -> None:
+    import fsspec
+
+    path = _join(out, MANIFEST)
+    identity = json.loads(json.dumps(settings.identity()))  # as it reads back (tuples become lists)
+    fs, p = _fs(path)
+    if fs.exists(p):
+        with fsspec.open(path, "r", encoding="utf-8") as handle:
+            try:
+                old = json.load(handle)
+            except json.JSONDecodeError:
+                old = {}
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if diff and not overwrite:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in diff[:6])
+            raise GenerateError(
+                f"{out} holds passages generated with other settings ({details}); "
+                "use another --out, or generate.overwrite=true to start over"
+            )
+        if diff:
+            log.warning("overwrite: removing the passages of %s generated with other settings", out)
+            clear_output(out)
+    elif _list(out) and any(n.startswith("part-") for n in _list(out)) and not overwrite:
+        raise GenerateError(f"{out} has part files but no {MANIFEST}: not a synrank generate folder; use another --out")
+    write_json(identity, path)
+
+
+def clear_output(out: str) -> None:
+    """Remove what synrank generate writes (and nothing else) from `out`."""
+    for name in _list(out):
+        if (name.startswith("part-") and name.endswith(".parquet")) or name in (
+                "_errors", "_stats", MANIFEST, REPORT, "_fidelity.parquet"):
+            _remove(_join(out, name))
+
+
+def _remove_stale(out: str, n_shards: int) -> None:
+    """Shard files beyond the plan (a smaller query list than last time) would add foreign rows."""
+    for sub in ("", "_errors", "_stats"):
+        for name in _list(out, sub):
+            if name.startswith("part-") and name[5:10].isdigit() and int(name[5:10]) >= n_shards:
+                log.warning("removing %s: its queries are not in this run", _join(out, sub, name) if sub else _join(out, name))
+                _remove(_join(out, sub, name) if sub else _join(out, name))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class GenerateResult:
+    out: str
+    report: dict[str, Any]
+    shards_done_now: int
+    shards_skipped: int
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_queries(path: str) -> pa.Table:
+    from synrank.data.readers import read_queries
+
+    return read_queries(path)
+
+
+def generate(
+    cfg: GenerateConfig,
+    *,
+    runtime: RuntimeConfig | None = None,
+    pool: Any | None = None,
+    queries: pa.Table | None = None,
+    report: bool = True,
+) -> GenerateResult:
+    """Run generation as configured. `pool`: an `EnginePool` to use (else `cfg.engine_pool`, else
+    engines started for this run and stopped at its end). `queries`: a QUERIES table instead of
+    reading `cfg.queries`."""
+    import ray
+
+    from synrank.generate.pool import EnginePool
+    from synrank.runtime import init_ray
+
+    if not cfg.out:
+        raise GenerateError("generate.out is required (--out DIR)")
+    if queries is None:
+        if not cfg.queries:
+            raise GenerateError("generate.queries is required (--queries PATH)")
+        queries = _read_queries(cfg.queries)
+    out = cfg.out.rstrip("/")
+    settings = settings_from_config(cfg, out)
+    spec = engine_spec_from_config(cfg)
+    plan = plan_shards(queries, cfg)  # input problems surface before Ray or engines start
+    rt = runtime or RuntimeConfig()
+    init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory)
+
+    own_pool = None
+    if pool is None and cfg.engine_pool:
+        pool = EnginePool.attach(cfg.engine_pool, spec)
+    if pool is not None and pool.spec.label != spec.label:
+        raise GenerateError(f"the engine pool runs {pool.spec.label}, the config asks for {spec.label}")
+    num_engines = pool.num_engines if pool is not None else (cfg.num_engines or _default_engines(spec))
+    for task in plan.tasks:
+        task.engine = task.shard % num_engines
+
+    _check_manifest(out, settings, cfg.overwrite)
+    _remove_stale(out, len(plan.tasks))
+    todo = [t for t in plan.tasks if shard_digest_on_disk(out, t.shard) != t.digest]
+    skipped = len(plan.tasks) - len(todo)
+    log.info("%d queries in %d shards: %d done before, %d to generate", plan.n_queries, len(plan.tasks), skipped, len(todo))
+
+    summaries: list[dict[str, Any]] = []
+    run = {"shards": 0, "rows": 0, "wall_s": 0.0, "engine_startup_s": 0.0, "attempt_tokens": 0, "generated_tokens": 0}
+    if todo:
+        startup = time.perf_counter()
+        if pool is None:
+            own_pool = pool = EnginePool.start(spec, num_engines, cpus_per_engine=cfg.engine_cpus)
+            run["engine_startup_s"] = round(time.perf_counter() - startup, 2)
+        try:
+            settings = _with_seed_mode(settings, pool)
+            began = time.perf_counter()
+            ds = ray.data.from_items([{"task": t.to_json()} for t in todo], override_num_blocks=len(todo))
+            ds = ds.map(_expand, fn_kwargs={"settings": settings}, num_cpus=0.1)
+            ds = ds.map(
+                ShardGenerator,
+                fn_constructor_kwargs={"pool": pool.handle(), "settings": settings},
+                # two per engine: while one parses and writes a shard, the engine serves the other
+                compute=ray.data.ActorPoolStrategy(size=max(1, 2 * pool.num_engines)),
+                num_cpus=0.1,
+            )
+            for summary in ds.iter_rows():
+                summary = dict(summary)
+                summaries.append(summary)
+                log.info("shard %d: %d/%d passages, %d tokens in %.1f s (%d of %d shards)",
+                         summary["shard"], summary["rows"], summary["expected"], summary["attempt_tokens"],
+                         summary["wall_s"], len(summaries), len(todo))
+            run["wall_s"] = round(time.perf_counter() - began, 3)
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown()
+        run["shards"] = len(summaries)
+        run["rows"] = int(sum(s["rows"] for s in summaries))
+        run["attempt_tokens"] = int(sum(s["attempt_tokens"] for s in summaries))
+        run["generated_tokens"] = int(sum(s["generated_tokens"] for s in summaries))
+    rep: dict[str, Any] = {}
+    if report:
+        from synrank.generate.report import build_report, print_report, write_report
+
+        rep = build_report(out, plan, settings, run, fidelity_queries=cfg.fidelity_queries, config=cfg)
+        write_report(out, rep)
+        print_report(rep)
+    return GenerateResult(out, rep, len(summaries), skipped, summaries)
+
+
+def _with_seed_mode(settings: RunSettings, pool: Any) -> RunSettings:
+    from dataclasses import replace
+
+    return replace(settings, per_request_seed=pool.per_request_seed)
+
+
+def _default_engines(spec: EngineSpec) -> int:
+    from synrank.generate.pool import default_num_engines
+    from synrank.runtime import cluster_resources
+
+    return default_num_engines(spec, cluster_resources())
+
+
+def expected_doc_ids(queries: Iterable[str], n_levels: int, samples_per_level: int, model: str,
+                     prompt_version: str) -> set[str]:
+    """Every doc id a complete run produces (a row, or that row's final rejection)."""
+    return {doc_id(q, level, s, model, prompt_version)
+            for q in queries for level in range(n_levels) for s in range(samples_per_level)}
+
+
+def n_shards(n_queries: int, shard_size: int) -> int:
+    return math.ceil(n_queries / shard_size)
