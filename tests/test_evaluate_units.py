@@ -199,11 +199,14 @@ def test_pool_plan():
     assert (gpu.size, gpu.num_gpus, gpu.num_cpus) == (4, 1, 1)
     assert plan_pool(32, 4, num_encoders=2).size == 2
     cpu = plan_pool(num_cpus=2, num_gpus=0)
-    assert (cpu.size, cpu.num_cpus, cpu.threads, cpu.num_gpus) == (1, 2, 2, 0)
+    assert (cpu.size, cpu.num_cpus, cpu.threads, cpu.num_gpus) == (2, 1, 1, 0)
+    assert (plan_pool(16, 0).size, plan_pool(16, 0).threads) == (4, 4)
     big = plan_pool(num_cpus=64, num_gpus=0, max_node_cpus=16)
-    assert (big.size, big.num_cpus) == (8, 8)
+    assert (big.size, big.num_cpus) == (16, 4)
     two = plan_pool(num_cpus=8, num_gpus=0, num_encoders=2)
     assert (two.size, two.num_cpus) == (2, 4)
+    one = plan_pool(num_cpus=2, num_gpus=0, num_encoders=1)
+    assert (one.size, one.threads) == (1, 2)
 
 
 def test_block_rows_fill_every_actor_within_bounds():
