@@ -243,3 +243,26 @@ def test_mean_ci_and_baseline_matching() -> None:
     assert find_baseline(configs[0], configs, {"loss": "infonce"}) is configs[0]
     assert find_baseline(kl4, configs, {"source": "synthetic"}) is None
     assert find_baseline(kl4, configs, {"loss": "kl"}) is kl4  # a loss matches its labelled variants
+
+
+def test_report_of_a_study_directory_behind_an_fsspec_url(tmp_path, shared_data) -> None:
+    """The study directory may be any fsspec URL: the report reads and writes only through fsspec."""
+    import fsspec
+
+    from synrank.study.report import write_report
+
+    local = _make_study(tmp_path / "study", shared_data)
+    fs = fsspec.filesystem("memory")
+    root = "memory://synrank-test/study"
+    fs.put(str(local) + "/", "/synrank-test/study", recursive=True)
+    try:
+        paths = write_report(root)
+        assert paths["markdown"] == f"{root}/report/report.md"
+        md = fs.cat_file("/synrank-test/study/report/report.md").decode()
+        assert "![Training curves](plots/training_curves.png)" in md
+        assert fs.cat_file("/synrank-test/study/report/plots/heatmap_objective_levels.png")[:4] == b"\x89PNG"
+        remote_csv = fs.cat_file("/synrank-test/study/report/results.csv").decode()
+        write_report(str(local))
+        assert remote_csv == (local / "report" / "results.csv").read_text()
+    finally:
+        fs.rm("/synrank-test", recursive=True)

@@ -297,9 +297,12 @@ def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> t
             status, error = "stopped", None
         if status == "completed" and float(done.get("finished_at", 0.0)) >= started_at:
             new_trials += 1
+        last = {k: v for k, v in metrics.items() if k.startswith("dev") or k in ("step", "loss", "training_iteration")}
         store.write_json({"trial_id": spec.trial_id, "status": status, "error": error,
-                          "tune_trial_id": metrics.get("trial_id"), "axes": spec.axes, "seed": spec.seed},
-                         store.trial_file(spec.trial_id, STATUS))
+                          "tune_trial_id": metrics.get("trial_id"), "axes": spec.axes, "seed": spec.seed,
+                          "last_metrics": last}, store.trial_file(spec.trial_id, STATUS))
+        if status == "stopped" and not study.keep_checkpoints:  # an early-stopped trial is final
+            store.remove(store.path("train", spec.trial_id))
         outcomes.append(TrialOutcome(spec.trial_id, status, error, {k: v for k, v in metrics.items()
                                                                     if isinstance(v, (int, float, str))}))
     outcomes.sort(key=lambda o: o.trial_id)

@@ -63,6 +63,26 @@ def _variant(axes: dict[str, Any], drop: set[str]) -> str:
     return ", ".join(parts) or "all"
 
 
+def _objectives(study: StudyConfig, configs) -> list[str]:
+    """Objectives in the order the study lists them (then any others, e.g. from an older config)."""
+    listed = [l.display for losses, *_ in study.space.grids() for l in losses]
+    present = {c.axes["loss"] for c in configs}
+    ordered = [o for o in dict.fromkeys(listed) if o in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def _variant_key(axes: dict[str, Any]) -> tuple:
+    return (int(axes.get("n_levels", 0)), str(axes.get("source", "")),
+            tuple(sorted((k, str(v)) for k, v in axes.items() if k not in ("loss", "n_levels", "source"))))
+
+
+def _variants(configs) -> list[str]:
+    firsts: dict[str, tuple] = {}
+    for c in configs:
+        firsts.setdefault(_variant(c.axes, {"loss"}), _variant_key(c.axes))
+    return sorted(firsts, key=lambda v: firsts[v])
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -75,8 +95,8 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
     colls = list(tables.test_colls) + (["average"] if len(tables.test_colls) > 1 else [])
     if not colls:
         return None
-    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
-    variants = list(dict.fromkeys(_variant(c.axes, {"loss"}) for c in tables.configs))
+    objectives = _objectives(study, tables.configs)
+    variants = _variants(tables.configs)
     by = {(c.axes["loss"], _variant(c.axes, {"loss"})): c for c in tables.configs}
     row = {r["config_id"]: r for r in tables.rows}
     n_var = len(variants)
@@ -132,12 +152,12 @@ def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str |
     m = study.report.measure
     if not tables.test_colls:
         return None
-    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
+    objectives = _objectives(study, tables.configs)
     levels = sorted({int(c.axes["n_levels"]) for c in tables.configs})
     sources = list(dict.fromkeys(c.axes["source"] for c in tables.configs))
     row = {r["config_id"]: r for r in tables.rows}
-    fig, axs = plt.subplots(1, len(sources), figsize=(1.2 * len(levels) * len(sources) + 2.8 * len(sources),
-                                                      0.45 * len(objectives) + 1.8), squeeze=False)
+    fig, axs = plt.subplots(1, len(sources), figsize=(max(5.5, (1.1 * len(levels) + 2.2) * len(sources) + 1.2),
+                                                      0.45 * len(objectives) + 1.9), squeeze=False)
     values = [row[c.config_id].get(f"test/average/{m}/mean", math.nan) for c in tables.configs]
     finite = [v for v in values if _finite(v)]
     vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -171,13 +191,13 @@ def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str |
     if im is not None:
         cbar = fig.colorbar(im, ax=axs[0].tolist(), shrink=0.85, label=f"{pretty(m)}, mean over test collections")
         cbar.ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%.3f"))
-    fig.suptitle(f"{study.name}: {pretty(m)} by objective × number of levels", y=1.06)
+    fig.suptitle(f"{study.name}: {pretty(m)}, objective × levels", y=1.06)
     return _save(fig, store, "heatmap_objective_levels.png")
 
 
 def plot_training_curves(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
     plt = _plt()
-    objectives = list(dict.fromkeys(c.axes["loss"] for c in tables.configs))
+    objectives = _objectives(study, tables.configs)
     curves = []
     for c in tables.configs:
         hist = [t.history for t in c.completed if t.history]
@@ -192,7 +212,7 @@ def plot_training_curves(store: StudyStore, study: StudyConfig, tables, trials) 
     cols = min(4, len(objectives))
     rows = math.ceil(len(objectives) / cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    variants = list(dict.fromkeys(_variant(c.axes, {"loss"}) for c, *_ in curves))
+    variants = _variants([c for c, *_ in curves])
     cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
     for k, obj in enumerate(objectives):
         ax = axs[k // cols][k % cols]

@@ -60,6 +60,7 @@ class Trial:
     error: str | None = None
     result: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    last: dict[str, Any] | None = None  # the last metrics Tune saw (early-stopped trials)
 
     def metric(self, part: str, coll: str, measure: str) -> float | None:
         if not self.result:
@@ -107,7 +108,8 @@ def load_trials(store: StudyStore) -> list[Trial]:
                 with fsspec.open(with_error, "r", encoding="utf-8") as handle:
                     error = handle.read()
         history = (store.read_json_or(store.trial_file(tid, HISTORY)) or {}).get("steps", [])
-        trials.append(Trial(tid, meta["config_id"], meta["axes"], int(meta["seed"]), status, error, result, history))
+        trials.append(Trial(tid, meta["config_id"], meta["axes"], int(meta["seed"]), status, error, result, history,
+                            status_file.get("last_metrics")))
     return trials
 
 
@@ -470,7 +472,7 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
         from synrank.study.driver import summarize_error
 
         rows = [[x.trial_id, x.status, _first_line(summarize_error(x.error)) if x.error else
-                 ("stopped early by the scheduler" if x.status == "stopped" else "not finished (interrupted?)")]
+                 (_stopped_reason(x, m) if x.status == "stopped" else "not finished (interrupted?)")]
                 for x in bad]
         lines.append(_md_table(["trial", "status", "reason"], rows, right=set()))
         lines.append("")
@@ -486,6 +488,14 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     lines.append("Files: `results.csv` (one row per configuration, every measure, interval and test), "
                  "`trials.csv` (one row per trial). Rebuild with `synrank study report " + store.root + "`.")
     return "\n".join(lines) + "\n"
+
+
+def _stopped_reason(trial: Trial, measure: str) -> str:
+    last = trial.last or {}
+    dev, step = last.get(f"dev/{measure}"), last.get("step")
+    if isinstance(dev, (int, float)) and not math.isnan(dev):
+        return f"stopped early by the scheduler at step {step}, dev {pretty(measure)} {dev:.3f}"
+    return "stopped early by the scheduler"
 
 
 def _num_cell(v: Any) -> str:
