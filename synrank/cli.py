@@ -17,6 +17,7 @@ from synrank.config import ConfigError
 
 # Modules that define `register(subparsers)`; order is the order of `synrank --help`.
 STAGE_COMMANDS = [
+    "synrank.pipeline_cli",
     "synrank.data.cli",
     "synrank.generate.cli",
     "synrank.evaluate.cli",
