@@ -307,6 +307,9 @@ class StudyConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: cluster CPUs (GPUs) / trial workers")
     trial_retries: int = Field(0, ge=0, description="Tune retries of a failed trial")
+    trial_resources: dict[str, float] = Field({}, description="Ray resources of each trial's driver (it waits on "
+                                              "its TorchTrainer and evaluates with evaluation=local); default "
+                                              "no CPU and 512 MiB of memory")
     worker_resources: dict[str, float] = Field({}, description="extra Ray resources per Train worker, e.g. a "
                                                "custom node resource such as {synrank_train: 0.25}")
     fail_trials: list[str] = Field([], description="test-only: trial ids (fnmatch patterns) whose training raises")

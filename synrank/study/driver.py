@@ -124,8 +124,9 @@ def _trainable(study: StudyConfig, views: dict[str, list[dict[str, Any]]]):
 
     # The trial driver only waits on its TorchTrainer and evaluates; the Train workers hold the CPUs.
     # Tune needs a non-empty request: the driver asks for the memory it uses, and no CPU.
+    resources = {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY, **study.trial_resources}
     return tune.with_resources(tune.with_parameters(run_trial, study=study.model_dump(mode="json"), views=views),
-                               {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+                               resources)
 
 
 def _scheduler_and_searcher(study: StudyConfig, concurrency: int):
