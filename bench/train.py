@@ -16,7 +16,8 @@ The runs alternate (ST, synrank 1 worker, synrank 2 workers, repeated), so load 
 the machine hits both alike; the ratio is synrank / sentence-transformers within the same repeat,
 and the table gives each repeat and the median.
 
-1 worker: one Ray worker with all the box's CPUs as torch threads, like the ST process. 2 workers:
+Ray workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's default is 15), like the
+ST process. 1 worker: one Ray worker with all the box's CPUs as torch threads, like the ST process. 2 workers:
 two Ray workers (gloo DDP, embeddings all-gathered) splitting the same global batch, each with
 half the CPUs. "loss share" is the fraction of a synrank step spent in the loss (forward and
 backward), measured inside the loop.
@@ -45,6 +46,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray starts its worker processes at niceness 15; the sentence-transformers baseline runs in this
+# process at niceness 0. On a machine shared with other work that alone starves the Ray workers (and
+# their OpenMP threads stall on each other), so both contenders run at the same priority here.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def build_groups(data: Path, k: int, out: str) -> int:
@@ -170,7 +175,8 @@ def main() -> int:
         "benchmark": "train throughput, synrank (Ray Train) vs sentence-transformers (MNRL)",
         "settings": {"model": "all-MiniLM-L6-v2 (packaged)", "data": f"cranfield human groups ({n_groups})",
                      "batch_queries": args.batch, "group_size": args.group_size, "max_length": args.max_length,
-                     "steps": args.steps, "repeats": args.repeats, "cpus": args.cpus},
+                     "steps": args.steps, "repeats": args.repeats, "cpus": args.cpus,
+                     "ray_worker_niceness": os.environ.get("RAY_worker_niceness")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "summary": summary,
