@@ -387,14 +387,17 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     lines.append("")
     nq = _query_counts(trials)
     coll_desc = ", ".join(f"{c} ({nq.get(('test', c), '?')} queries)" for c in t.test_colls)
-    lines.append(f"**Measure**: {pretty(m)} on the test collections {coll_desc}; *average* is the mean over "
-                 f"them. Cells: mean over seeds [{rep.confidence:.0%} Student-t interval over seeds; none with one seed].")
+    avg = "; *average* is the mean over them" if len(t.test_colls) > 1 else ""
+    lines.append(f"**Measure**: {pretty(m)} on the test collection(s) {coll_desc}{avg}. Cells: mean over seeds "
+                 f"[{rep.confidence:.0%} Student-t interval over seeds; none with one seed].")
+    lines.append("")
     base = ", ".join(f"{_label(k)} = {v}" for k, v in rep.baseline.items())
     test_name = "paired randomization test" if rep.test == "randomization" else "paired t-test"
     lines.append(f"**Significance**: each configuration against the one that differs only in {base} "
                  f"(same everything else), {test_name} on per-query values (each query averaged over seeds), "
                  f"Holm-corrected across the configurations per collection and measure; {UP} / {DOWN}: "
                  f"significantly better / worse at α = {rep.alpha}; *(base)*: is its own baseline.")
+    lines.append("")
     b = study.base
     lines.append(f"**Training**: encoder `{b.train.encoder.model}`, {b.train.max_steps or f'{b.train.epochs} epoch(s) of'} "
                  f"steps, {b.train.batch_size} queries × group size {b.groups.group_size} per step and worker, "
@@ -404,7 +407,8 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     # main table
     lines.append(f"## Results: {pretty(m)}")
     lines.append("")
-    header = [_label(a) for a in t.axes] + ["seeds"] + t.test_colls + (["average"] if t.test_colls else [])
+    with_avg = len(t.test_colls) > 1  # one collection: its column is the average
+    header = [_label(a) for a in t.axes] + ["seeds"] + t.test_colls + (["average"] if with_avg else [])
     body = []
     for r, c in zip(t.rows, t.configs):
         cells = [_fmt_axis(c.axes.get(a, "")) for a in t.axes]
@@ -418,7 +422,7 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
             elif r.get(f"{p}/baseline") == c.config_id:
                 cell += " *(base)*"
             cells.append(cell)
-        if t.test_colls:
+        if with_avg:
             p = f"test/average/{m}"
             cells.append(_cell(r[f"{p}/mean"], r[f"{p}/ci_low"], r[f"{p}/ci_high"]))
         body.append(cells)
@@ -448,11 +452,11 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     if others and t.test_colls:
         lines.append("## Other measures (test, mean over seeds)")
         lines.append("")
-        hdr = ["configuration"] + [f"{coll} {pretty(x)}" for x in others for coll in [*t.test_colls, "average"]]
+        colls = [*t.test_colls, "average"] if with_avg else t.test_colls
+        hdr = ["configuration"] + [f"{coll} {pretty(x)}" for x in others for coll in colls]
         rows = []
         for r, c in zip(t.rows, t.configs):
-            rows.append([c.config_id] + [_num_cell(r.get(f"test/{coll}/{x}/mean")) for x in others
-                                         for coll in [*t.test_colls, "average"]])
+            rows.append([c.config_id] + [_num_cell(r.get(f"test/{coll}/{x}/mean")) for x in others for coll in colls])
         lines.append(_md_table(hdr, rows))
         lines.append("")
 
