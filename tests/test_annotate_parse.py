@@ -45,7 +45,7 @@ _PIECES = st.sampled_from([
 ])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(parts=st.lists(_PIECES, max_size=7), n_levels=SCALES)
 def test_judge_like_strings(parts, n_levels):
     text = " ".join(parts)
