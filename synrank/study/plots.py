@@ -100,11 +100,17 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
     by = {(c.axes["loss"], _variant(c.axes, {"loss"})): c for c in tables.configs}
     row = {r["config_id"]: r for r in tables.rows}
     n_var = len(variants)
-    width = 0.8 / max(1, n_var)
+    # each objective's bars are its own variants, side by side and centred on its tick
+    present = {obj: [v for v in variants if (obj, v) in by] for obj in objectives}
+    width = 0.8 / max(1, max(len(v) for v in present.values()))
     cmap = plt.get_cmap("tab10" if n_var <= 10 else "tab20")
-    fig, axs = plt.subplots(1, len(colls), figsize=(max(5.5, 1.1 * len(objectives) * max(1, n_var) ** 0.5 + 1.5)
-                                                     * len(colls) ** 0.8, 4.2), squeeze=False, sharey=True)
-    for ax, coll in zip(axs[0], colls):
+    panel_w = min(11.0, max(4.5, 0.55 * len(objectives) * max(1, n_var) ** 0.5 + 1.5))
+    cols = 1 if panel_w > 7 else min(2, len(colls))
+    rows = math.ceil(len(colls) / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(panel_w * cols, 3.4 * rows + 0.6), squeeze=False, sharey=True)
+    for k in range(len(colls), rows * cols):
+        axs.flat[k].axis("off")
+    for ax, coll in zip(axs.flat, colls):
         for j, var in enumerate(variants):
             xs, means, lo_err, hi_err = [], [], [], []
             for i, obj in enumerate(objectives):
@@ -116,7 +122,8 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
                 if not _finite(mean):
                     continue
                 lo, hi = r.get(f"test/{coll}/{m}/ci_low", math.nan), r.get(f"test/{coll}/{m}/ci_high", math.nan)
-                x = i - 0.4 + width * (j + 0.5)
+                mine = present[obj]
+                x = i + width * (mine.index(var) - (len(mine) - 1) / 2)
                 xs.append(x)
                 means.append(mean)
                 lo_err.append(mean - lo if _finite(lo) else 0.0)
@@ -125,11 +132,10 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
                 if len(seeds) > 1:
                     ax.scatter([x] * len(seeds), seeds, s=9, color="black", alpha=0.55, zorder=3, linewidths=0)
             if xs:
-                bars = ax.bar(xs, means, width=width * 0.92, color=cmap(j % cmap.N),
-                              label=var if coll == colls[0] else None,
+                bars = ax.bar(xs, means, width=width * 0.92, color=cmap(j % cmap.N), label=var,
                               yerr=[lo_err, hi_err] if any(lo_err) or any(hi_err) else None, capsize=3,
                               error_kw={"elinewidth": 1, "alpha": 0.8})
-                if len(objectives) * n_var <= 24:
+                if sum(len(v) for v in present.values()) <= 16:
                     ax.bar_label(bars, labels=[f"{v:.3f}" for v in means], padding=2, fontsize=7,
                                  label_type="edge")
         ax.set_xticks(range(len(objectives)))
@@ -137,9 +143,18 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
         ax.set_title(coll)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    axs[0][0].set_ylabel(f"{pretty(m)} (mean over seeds, 95% CI)")
+    for r in range(rows):
+        axs[r][0].set_ylabel(f"{pretty(m)}\n(mean over seeds, 95% CI)")
     if n_var > 1:
-        fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(n_var, 4), frameon=False)
+        handles, labels = [], []
+        for ax in axs.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        order = sorted(range(len(labels)), key=lambda i: variants.index(labels[i]))
+        fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(n_var, 4), frameon=False)
     fig.suptitle(f"{study.name}: {pretty(m)} per objective", y=1.02)
     fig.tight_layout()
     return _save(fig, store, f"{m.replace('@', '')}_by_objective.png")
@@ -155,6 +170,10 @@ def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str |
     objectives = _objectives(study, tables.configs)
     levels = sorted({int(c.axes["n_levels"]) for c in tables.configs})
     sources = list(dict.fromkeys(c.axes["source"] for c in tables.configs))
+    # a label source studied at a single number of levels says nothing about levels: left out
+    varied = [src for src in sources if len({int(c.axes["n_levels"]) for c in tables.configs
+                                             if c.axes["source"] == src}) > 1]
+    sources = varied or sources
     row = {r["config_id"]: r for r in tables.rows}
     fig, axs = plt.subplots(1, len(sources), figsize=(max(5.5, (1.1 * len(levels) + 2.2) * len(sources) + 1.2),
                                                       0.45 * len(objectives) + 1.9), squeeze=False)
@@ -185,7 +204,7 @@ def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str |
         ax.set_xticks(range(len(levels)))
         ax.set_xticklabels([str(lv) for lv in levels])
         ax.set_yticks(range(len(objectives)))
-        ax.set_yticklabels(objectives)
+        ax.set_yticklabels(objectives if ax is axs[0][0] else [])
         ax.set_xlabel("relevance levels")
         ax.set_title(f"{src} labels")
     if im is not None:
@@ -237,6 +256,8 @@ def plot_training_curves(store: StudyStore, study: StudyConfig, tables, trials) 
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    order = sorted(range(len(labels)), key=lambda i: variants.index(labels[i]) if labels[i] in variants else 0)
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if len(labels) > 1 or (labels and labels[0] != "all"):
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4),
                    frameon=False)

@@ -431,13 +431,15 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
 
     # significance details
     if t.sig:
-        lines.append(f"## Against the baseline ({base})")
+        lines.append(f"## Against the baseline ({base}): {pretty(m)}")
+        lines.append("")
+        lines.append("Other measures' tests: `results.csv` (`<split>/<collection>/<measure>/p_holm`).")
         lines.append("")
         hdr = ["configuration", "baseline", "collection", "measure", "Δ", "p", "p (Holm)", ""]
         rows = []
         for c in t.configs:
             for coll in t.test_colls:
-                for meas in rep.measures:
+                for meas in [m]:
                     s = t.sig.get((c.config_id, coll, meas))
                     if not s:
                         continue
