@@ -61,6 +61,9 @@ _RESULT_SCHEMA = pa.schema([
     ("kind", pa.string()),
     ("path", pa.string()),
     ("rows", pa.int64()),
+    ("actor", pa.string()),
+    ("init_s", pa.float64()),    # the actor's start (model load), reported with its first shard
+    ("encode_s", pa.float64()),  # BiEncoder.encode time of this shard
 ])
 
 
@@ -74,6 +77,29 @@ class EncodeSource:
     query_texts: list[str]
     corpus_path: str | None
     num_docs: int | None = None  # when known: sizes the blocks
+
+
+@dataclass
+class EncodeStats:
+    """Where the encoding time went, per actor: model load and encoder calls (seconds)."""
+
+    init_s: dict[str, float] = field(default_factory=dict)
+    busy_s: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, actor: str, init_s: float, encode_s: float, rows: int) -> None:
+        self.init_s[actor] = self.init_s.get(actor, 0.0) + init_s
+        self.busy_s[actor] = self.busy_s.get(actor, 0.0) + encode_s
+        self.rows[actor] = self.rows.get(actor, 0) + rows
+
+    @property
+    def busiest_s(self) -> float:
+        """Encoding time of the busiest actor: the encode phase's length when the actors overlap."""
+        return max(self.busy_s.values(), default=0.0)
+
+    def as_dict(self) -> dict:
+        return {"actors": len(self.busy_s), "init_s": self.init_s, "busy_s": self.busy_s, "rows": self.rows,
+                "busiest_s": self.busiest_s}
 
 
 @dataclass
@@ -178,10 +204,16 @@ class _EncodeBatch:
 
     def __init__(self, model: str, overrides: dict, batch_size: int, emb_dirs: dict[str, str],
                  num_threads: int | None, device: str | None = None) -> None:
+        import os
+        import socket
+        import time
+
         import torch
 
         from synrank.encoder import BiEncoder
 
+        started = time.perf_counter()
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
         if num_threads:
             torch.set_num_threads(num_threads)
         if device is None:
@@ -190,8 +222,11 @@ class _EncodeBatch:
         self.encoder.eval()
         self.batch_size = batch_size
         self.emb_dirs = emb_dirs
+        self.init_s = time.perf_counter() - started
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import time
+
         from synrank.data.atomic import write_parquet
         from synrank.encoder import format_passage
 
@@ -209,11 +244,15 @@ class _EncodeBatch:
                 strings = [format_passage(titles[r], texts[r]) for r in rows]
             else:
                 strings = [texts[r] for r in rows]
+            started = time.perf_counter()
             vectors = self.encoder.encode(strings, kind, batch_size=self.batch_size)
+            encode_s = time.perf_counter() - started
             group_ids = [ids[r] for r in rows]
             path = f"{self.emb_dirs[key].rstrip('/')}/{kind}/{shard_name(group_ids)}"
             write_parquet(embeddings_table(group_ids, vectors), path)
-            out.append({"collection": key, "kind": kind, "path": path, "rows": len(rows)})
+            out.append({"collection": key, "kind": kind, "path": path, "rows": len(rows), "actor": self.actor,
+                        "init_s": self.init_s, "encode_s": encode_s})
+            self.init_s = 0.0
         return pa.Table.from_pylist(out, schema=_RESULT_SCHEMA)
 
 
@@ -276,11 +315,12 @@ def encode_sources(
     block_rows: int | None = None,
     resources=None,
     progress: bool = True,
+    stats: EncodeStats | None = None,
 ) -> dict[str, EncodedShards]:
     """Encode every source's queries and corpus on a Ray Data actor pool; return shard paths.
 
     Ray must be initialised (`synrank.runtime.init_ray`). `resources` is its ClusterResources
-    (looked up when None).
+    (looked up when None). `stats`, if given, is filled with per-actor timings.
     """
     import ray
 
@@ -326,8 +366,11 @@ def encode_sources(
     ctx.enable_progress_bars = progress
     try:
         for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-            for key, kind, path, rows in zip(*(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
+            for key, kind, path, rows, actor, init_s, encode_s in zip(
+                    *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
                 result[key].shards[kind].append((path, rows))
+                if stats is not None:
+                    stats.add(actor, init_s, encode_s, rows)
     finally:
         ctx.enable_progress_bars = shown
     return result

@@ -306,7 +306,7 @@ def evaluate(
             results[col.name] = _finish(col, run, out, label, {**settings, "bm25": retriever.settings},
                                         {"index_s": t1 - t0, "search_s": t2 - t1}, relevance_level)
     else:
-        from synrank.evaluate.encode import EncodeSource, encode_sources, read_all, read_shards
+        from synrank.evaluate.encode import EncodeSource, EncodeStats, encode_sources, read_all, read_shards
         from synrank.runtime import init_ray
 
         overrides = encoder_overrides(config.encoder)
@@ -320,10 +320,14 @@ def evaluate(
         log.info("encoding %d queries and %d documents of %d collection(s) with %s", sum(len(c.query_ids) for c in prepared),
                  total_docs, len(prepared), label)
         t0 = time.perf_counter()
+        stats = EncodeStats()
         shards = encode_sources(sources, model_path, overrides=overrides, batch_size=config.batch_size,
-                                num_encoders=config.num_encoders, resources=resources, progress=progress)
+                                num_encoders=config.num_encoders, resources=resources, progress=progress,
+                                stats=stats)
         encode_s = time.perf_counter() - t0
-        log.info("encoded in %.1f s (%.1f docs/s)", encode_s, total_docs / max(encode_s, 1e-9))
+        log.info("encoded in %.1f s (%.1f docs/s; %d actor(s), model load %.1f s, busiest actor encoding %.1f s)",
+                 encode_s, total_docs / max(encode_s, 1e-9), len(stats.busy_s),
+                 max(stats.init_s.values(), default=0.0), stats.busiest_s)
         for col in prepared:
             t1 = time.perf_counter()
             got = shards[col.name]
@@ -344,7 +348,8 @@ def evaluate(
                 _rmtree(_join(out, col.name, "embeddings"))
             extra = {**settings, "encoder": overrides, "model_path": model_path, "index": options.kind}
             results[col.name] = _finish(col, run, out, label, extra,
-                                        {"encode_s_all_collections": encode_s, "index_s": t2 - t1, "search_s": t3 - t2},
+                                        {"encode_s_all_collections": encode_s, "encoder_actors": stats.as_dict(),
+                                         "index_s": t2 - t1, "search_s": t3 - t2},
                                         relevance_level)
     summary = summary_table(results)
     write_text(summary + "\n", _join(out, "summary.md"))
