@@ -1,6 +1,6 @@
 """The generation pipeline's mechanics on Ray Data with a scripted engine (no model): rejections
 and bounded retries end in the errors table, counts add up, reruns skip finished shards, a changed
-query list redoes only the shards it changes, other settings are refused."""
+query list or a damaged file redoes only the shards concerned, other settings are refused."""
 
 from __future__ import annotations
 
@@ -89,27 +89,21 @@ def test_rejections_retries_and_counts(scripted_pool, tmp_path):
 
 def test_a_changed_query_list_redoes_only_the_changed_shards(scripted_pool, tmp_path):
     out = tmp_path / "run"
-    generate(_cfg(out, limit=3), pool=scripted_pool, queries=QUERIES)  # shards [q0 q1] [q2]
+    generate(_cfg(out, limit=5), pool=scripted_pool, queries=QUERIES)  # shards [q0 q1] [q2 q3] [q4]
     first = (out / "part-00000.parquet").read_bytes()
-    grown = generate(_cfg(out, limit=6), pool=scripted_pool, queries=QUERIES)  # [q0 q1] [q2 q3] [q4 q5]
-    assert grown.shards_skipped == 1 and grown.shards_done_now == 2
+    (out / "part-00001.parquet").write_bytes(b"PAR1 damaged")  # e.g. a disk problem
+    grown = generate(_cfg(out, limit=7), pool=scripted_pool, queries=QUERIES)  # ... [q4 q5] [q6]
+    # shard 0 is kept; 1 (damaged), 2 (one more query) and 3 (new) are generated
+    assert grown.shards_skipped == 1 and grown.shards_done_now == 3
     assert (out / "part-00000.parquet").read_bytes() == first
-    assert set(_passages(out).column("query_id").to_pylist()) <= {f"q{i}" for i in range(6)}
-    assert grown.report["rows"] + grown.report["final_failures"] == 6 * 8
+    assert grown.report["complete"]
+    assert grown.report["rows"] + grown.report["final_failures"] == 7 * 8
     # shrinking removes the shards whose queries are gone
     shrunk = generate(_cfg(out, limit=2), pool=scripted_pool, queries=QUERIES)
     assert shrunk.shards_done_now == 0
     assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-00000.parquet"]
     assert set(_passages(out).column("query_id").to_pylist()) <= {"q0", "q1"}
-
-
-def test_a_damaged_shard_file_is_redone(scripted_pool, tmp_path):
-    out = tmp_path / "run"
-    generate(_cfg(out, limit=4), pool=scripted_pool, queries=QUERIES)
-    (out / "part-00001.parquet").write_bytes(b"PAR1 not really")
-    result = generate(_cfg(out, limit=4), pool=scripted_pool, queries=QUERIES)
-    assert result.shards_done_now == 1
-    assert result.report["complete"]
+    assert shrunk.report["expected_rows"] == 2 * 8 and shrunk.report["complete"]
 
 
 def test_other_settings_are_refused_and_overwrite_starts_over(scripted_pool, tmp_path):

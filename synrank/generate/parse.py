@@ -62,11 +62,11 @@ _PREAMBLE_START = re.compile(
     re.I,
 )
 _LEADING_LABEL = re.compile(
-    r"^\s*(?:#{1,6}\s*)?(?:\*\*|__)?(?:passage|answer|response|text|relevance level \d+[^:\n]*)(?:\s*\d+)?"
+    r"^\s*(?:#{1,6}\s*)?(?:\*\*|__)?(?:the\s+|my\s+)?(?:passage|paragraph|answer|response|text|relevance level \d+[^:\n]*)(?:\s*\d+)?"
     r"\s*(?:\*\*|__)?\s*[:\-\u2013\u2014]\s*(?:\*\*|__)?\s*",
     re.I,
 )
-_HEADING_LINE = re.compile(r"^\s*#{1,6}\s+[^\n]*\n")
+_HEADING_LINE = re.compile(r"^\s*(?:#{1,6}\s+|(?:\*\*|__)?title\s*:)[^\n]*\n", re.I)
 _TRAILING_CHATTER = re.compile(
     r"(?:^|\n|(?<=[.!?\"'\u201d\u2019)]))\s*(?:i hope (?:this|that)|let me know|feel free to|please note|note:|"
     r"is there anything else|if you (?:need|have|want|would like)|this passage (?:is|has|does|was|meets|should))"

@@ -157,6 +157,13 @@ class EnginePool:
         if name is not None and cls._find(name):
             raise ValueError(f"an engine pool named {name!r} already runs on this cluster; attach to it or stop it")
         options: dict[str, Any] = dict(max_restarts=1, max_task_retries=1, max_concurrency=1)
+        if device == "cuda" and resources.has_gpu:
+            per_node = max(n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive"))
+            if spec.tensor_parallel_size > per_node:
+                raise ValueError(
+                    f"tensor_parallel_size={spec.tensor_parallel_size} exceeds the GPUs of any node ({per_node:g}): "
+                    "an engine's tensor-parallel workers run on one node"
+                )
         if device == "cuda":
             options.update(num_gpus=spec.tensor_parallel_size, num_cpus=1)
         else:

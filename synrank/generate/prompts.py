@@ -7,6 +7,10 @@ Every prompt is a chat (system + user message) rendered later with the model's o
 - the user message starts with the query, so all levels and samples of one query share it,
 - the level instruction comes last.
 
+The level is asked for in plain words ("a paragraph that answers only part of this query"): small
+models follow that better than a description of a relevance scale. Even so SmolLM2-135M writes
+on-topic text at every level - hence the swap strategy for level 0 and the level-fidelity report.
+
 A template version is frozen once released: changing wording means adding a version. The
 fingerprint (a hash of every text of a version) is recorded in the output manifest, so editing a
 released version by accident is caught when a run resumes.
@@ -27,7 +31,7 @@ Chat = list[dict[str, str]]
 class PromptTemplate:
     version: str
     system: str
-    user: str  # format fields: query, level, top, description, guideline
+    user: str  # format fields: query, level, top, description (RelevanceScale.describe), guideline
     # guideline per scale size, one per grade (grade 0 first)
     guidelines: dict[int, tuple[str, ...]]
 
@@ -40,40 +44,24 @@ class PromptTemplate:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_UNRELATED = (
-    "Write about a completely different subject that has nothing to do with the query: "
-    "another field, other people, other things. Do not mention anything from the query."
-)
-_ON_TOPIC = (
-    "Write about the same topic as the query, using its key terms, but do not give the "
-    "information the query asks for: a reader must not be able to answer the query from it."
-)
-_TOUCHES = (
-    "Write about the topic of the query and come close to the answer, but stop short: give "
-    "background or related facts, never the answer itself."
-)
-_PARTLY = (
-    "Answer only part of the query: give some of the information asked for and leave out an "
-    "important part of it."
-)
-_FULLY = "Answer the query directly and completely, with the specific facts a searcher needs."
-_NOT_RELEVANT = (
-    "Write a passage a searcher would not find useful for this query: it does not answer it."
-)
+# Plain imperative instructions: small instruction models (SmolLM2-135M) answer a prompt that talks
+# about "relevance levels" with text about the passage ("The passage provides ...") instead of a
+# passage; they write passages when simply asked for a paragraph.
+_SHAPE = "Write a short paragraph (two or three sentences)"
+_UNRELATED = f"{_SHAPE} about something completely unrelated to this query."
+_ON_TOPIC = f"{_SHAPE} about the topic of this query that does not answer it."
+_TOUCHES = f"{_SHAPE} about the topic of this query that comes close to the answer but does not give it."
+_PARTLY = f"{_SHAPE} that answers only part of this query and leaves out the rest."
+_FULLY = f"{_SHAPE} that answers this query completely."
+_NOT_RELEVANT = f"{_SHAPE} related to this query that does not answer it."
 
 V1 = PromptTemplate(
     version="v1",
     system=(
-        "You write passages for a search engine test collection. You are given a search query and "
-        "a relevance level, and you write one passage of 3 to 5 sentences that has exactly that "
-        "relevance to the query. Write it like an encyclopedia or web page paragraph. Write only the "
-        "passage: no title, no introduction such as \"Here is\", no notes or explanations."
+        "You write short, factual paragraphs like those found on web pages. "
+        "Write only the paragraph, nothing else."
     ),
-    user=(
-        "Query: {query}\n\n"
-        "Relevance level {level} of {top}: the passage {description}.\n"
-        "{guideline}"
-    ),
+    user="Query: {query}\n\n{guideline}",
     guidelines={
         2: (_NOT_RELEVANT, _FULLY),
         3: (_UNRELATED, _ON_TOPIC, _FULLY),
