@@ -278,6 +278,22 @@ def _move(src: str, dst: str) -> None:
     fs.mv(p, q, recursive=True)
 
 
+def _trial_config(res) -> dict[str, Any]:
+    """A Tune result's trial config; a trial that failed before reporting has none in its result,
+    then it comes from the params.json Tune wrote when the trial started."""
+    if res.config:
+        return res.config
+    fs = res.filesystem
+    if fs is None:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(res.path)
+    else:
+        path = res.path
+    with fs.open_input_stream(f"{path.rstrip('/')}/params.json") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
 def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> tuple[list[TrialOutcome], int]:
     """status.json (and error.txt for failures) per trial from Tune's results; also counts the
     trials that finished training in this call."""
@@ -286,7 +302,7 @@ def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> t
     outcomes = []
     new_trials = 0
     for res in grid:
-        spec = TrialSpec.from_tune(study, res.config)
+        spec = TrialSpec.from_tune(study, _trial_config(res))
         done = store.read_json_or(store.trial_file(spec.trial_id, RESULT))
         metrics = dict(res.metrics or {})
         if res.error is not None:
