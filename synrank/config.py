@@ -78,7 +78,7 @@ class GenerateConfig(Section):
     max_model_len: int = Field(2048, ge=256)
     enforce_eager: bool | None = Field(None, description="default: eager on CPU (compiling costs minutes), compiled on GPU")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    cpu_kv_cache_gib: float | None = Field(None, gt=0.0, description="vLLM CPU KV cache (default: vLLM's)")
+    cpu_kv_cache_gib: float | None = Field(None, gt=0.0, description="vLLM CPU KV cache (default: room for batch_size sequences of 512 tokens)")
     fidelity_queries: int = Field(500, ge=0, description="queries scored for level fidelity in the report (0: skip)")
 
 

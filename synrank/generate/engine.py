@@ -43,7 +43,8 @@ Backend = Literal["vllm", "transformers"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
-# KV cache of a CPU engine when generate.cpu_kv_cache_gib is not set: ~45k tokens of SmolLM2-135M.
+# KV cache of a CPU engine when generate.cpu_kv_cache_gib is not set and the model's shape is
+# unknown (else `cpu_kv_cache_bytes` sizes it): ~45k tokens of SmolLM2-135M.
 DEFAULT_CPU_KV_CACHE_GIB = 2.0
 
 
@@ -92,7 +93,7 @@ class EngineSpec:
     enable_prefix_caching: bool = True
     enforce_eager: bool | None = None  # None: eager on CPU (torch.compile costs minutes there), compiled on CUDA
     gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_gib: float | None = None  # None: vLLM's default
+    cpu_kv_cache_gib: float | None = None  # None: sized to max_num_seqs (cpu_kv_cache_bytes)
     cpu_threads: str | None = None  # VLLM_CPU_OMP_THREADS_BIND override, e.g. "0-15"
     extra: Mapping[str, Any] = field(default_factory=dict)  # more vllm.LLM keyword arguments
 
@@ -173,6 +174,30 @@ def cpu_bind_string(cpus: Sequence[int], ranks: int = 1) -> str:
     return "|".join(ranges(g) for g in groups)
 
 
+def cpu_kv_cache_bytes(model_path: str, spec: EngineSpec, dtype: str = "float32") -> int | None:
+    """A CPU KV cache sized to the work instead of vLLM's default share of the machine's memory:
+    room for `max_num_seqs` sequences of 512 tokens (prompt and passage; at least one sequence of
+    `max_model_len`), at most a quarter of the available memory. None if the model's shape is unknown."""
+    import json
+
+    try:
+        import psutil
+
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        available = psutil.virtual_memory().available
+    except Exception:
+        return None
+    width = 4 if dtype in ("float32", "auto") else 2
+    per_token = 2 * layers * kv_heads * head_dim * width
+    tokens = max(spec.max_model_len, spec.max_num_seqs * 512)
+    return int(max(per_token * spec.max_model_len, min(per_token * tokens, available // 4)))
+
+
 def available_cpus() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -248,7 +273,11 @@ class VLLMEngine:
             kw["enforce_eager"] = True if spec.enforce_eager is None else spec.enforce_eager
             # An explicit KV cache size: otherwise vLLM's CPU worker reserves gpu_memory_utilization
             # (0.92) of the machine's RAM and refuses to start when other processes hold memory.
-            kw["kv_cache_memory_bytes"] = int((spec.cpu_kv_cache_gib or DEFAULT_CPU_KV_CACHE_GIB) * 2**30)
+            if spec.cpu_kv_cache_gib:
+                kw["kv_cache_memory_bytes"] = int(spec.cpu_kv_cache_gib * 2**30)
+            else:
+                kw["kv_cache_memory_bytes"] = (cpu_kv_cache_bytes(self.path, spec, kw["dtype"])
+                                               or int(DEFAULT_CPU_KV_CACHE_GIB * 2**30))
         else:
             kw["dtype"] = spec.dtype
             kw["enforce_eager"] = False if spec.enforce_eager is None else spec.enforce_eager

@@ -549,7 +549,7 @@ def generate(
                 ShardGenerator,
                 fn_constructor_kwargs={"pool": pool.handle(), "settings": settings},
                 # two per engine: while one parses and writes a shard, the engine serves the other
-                compute=ray.data.ActorPoolStrategy(size=max(1, 2 * pool.num_engines)),
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
                 num_cpus=0.1,
             )
             for summary in ds.iter_rows():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -47,6 +48,7 @@ class EngineActor:
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.spec = spec
         self.engine = make_engine(spec)
+        _start_reaper()
         self.calls = 0
         self.busy_s = 0.0
         self.tokens = 0
@@ -70,6 +72,45 @@ class EngineActor:
 
     def close(self) -> None:
         self.engine.close()
+
+
+_REAPER = r"""
+import os, sys, time, signal
+import psutil
+owner = int(sys.argv[1])
+procs = []
+for spec in sys.argv[2:]:
+    pid, started = spec.split(":")
+    procs.append((int(pid), float(started)))
+while psutil.pid_exists(owner) and psutil.Process(owner).status() != psutil.STATUS_ZOMBIE:
+    time.sleep(2)
+for pid, started in procs:
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - started) < 1e-3:
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _start_reaper() -> None:
+    """vLLM's engine-core and worker processes outlive an actor that is killed (a killed driver
+    takes its actors with it): a detached watcher kills them once this process is gone."""
+    import subprocess
+    import sys
+
+    try:
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+    except Exception:  # pragma: no cover - psutil missing: nothing to watch
+        return
+    if not children:
+        return
+    args = [f"{c.pid}:{c.create_time()}" for c in children]
+    subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), *args], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @dataclass(frozen=True)
