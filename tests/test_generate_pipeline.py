@@ -132,3 +132,23 @@ def test_inputs_are_checked_before_anything_starts(tmp_path):
     empty = pa.table({"query_id": ["a"], "text": ["  "]})
     with pytest.raises(GenerateError, match="no queries"):
         generate(GenerateConfig(out=str(tmp_path)), queries=empty, pool=object())
+
+
+def test_engines_started_for_a_run_are_stopped_after_it(ray_session, tmp_path):
+    """No pool given: the run starts its own engines (here the transformers backend, which loads in
+    seconds) and stops them, whatever happens."""
+    import time
+
+    import ray
+
+    free_before = ray.available_resources().get("CPU", 0.0)
+    cfg = _cfg(tmp_path / "run", limit=2, n_levels=2, samples_per_level=1, max_tokens=24, max_retries=0,
+               engine="transformers", batch_size=4, min_words=3)
+    result = generate(cfg, queries=QUERIES)
+    rep = result.report
+    assert rep["rows"] + rep["final_failures"] == rep["expected_rows"] == 4
+    assert rep["throughput"]["this_run"]["engine_startup_s"] > 0
+    deadline = time.time() + 60  # the engine actor's CPU comes back once it is gone
+    while ray.available_resources().get("CPU", 0.0) < free_before and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0.0) >= free_before
