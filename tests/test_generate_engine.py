@@ -76,7 +76,7 @@ def test_default_engine_generates_every_level(first_run, generate_queries_path):
         assert row["model"] == rep["model"] and row["prompt_version"] == "v1" and row["seed"] == 0
         assert 0 < row["n_tokens"] <= TEST_MAX_TOKENS and row["finish_reason"] in ("stop", "length")
     # most rows make it (the small model fails some validation now and then)
-    assert passages.num_rows >= 8
+    assert passages.num_rows >= 6
     # report counts add up
     assert rep["rows"] == passages.num_rows == sum(rep["per_level"].values())
     assert rep["rows"] + rep["final_failures"] == rep["expected_rows"] == 12
