@@ -132,7 +132,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
                                                             "wasserstein_L2_human_s0": "failed"}
 
 
-def test_changed_study_in_the_same_directory_is_refused(ray_session, shared_data, tmp_path, monkeypatch) -> None:
+def test_changed_study_in_the_same_directory_is_refused(shared_data, tmp_path) -> None:
     from synrank.config import ConfigError
     from synrank.study.config import load_study
     from synrank.study.driver import _check_same_study, _comparable
