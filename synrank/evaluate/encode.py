@@ -64,6 +64,9 @@ _RESULT_SCHEMA = pa.schema([
     ("actor", pa.string()),
     ("init_s", pa.float64()),    # the actor's start (model load), reported with its first shard
     ("encode_s", pa.float64()),  # BiEncoder.encode time of this shard
+    ("init_cpu_s", pa.float64()),    # CPU time of the actor process up to the end of its start
+    ("encode_cpu_s", pa.float64()),  # CPU time (all threads) of BiEncoder.encode for this shard
+    ("actor_cpu_s", pa.float64()),   # CPU time of the actor process so far, after this shard
 ])
 
 
@@ -86,11 +89,18 @@ class EncodeStats:
     init_s: dict[str, float] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    init_cpu_s: dict[str, float] = field(default_factory=dict)
+    busy_cpu_s: dict[str, float] = field(default_factory=dict)
+    total_cpu_s: dict[str, float] = field(default_factory=dict)
 
-    def add(self, actor: str, init_s: float, encode_s: float, rows: int) -> None:
+    def add(self, actor: str, init_s: float, encode_s: float, rows: int, init_cpu_s: float = 0.0,
+            encode_cpu_s: float = 0.0, actor_cpu_s: float = 0.0) -> None:
+        self.total_cpu_s[actor] = max(self.total_cpu_s.get(actor, 0.0), actor_cpu_s)
         self.init_s[actor] = self.init_s.get(actor, 0.0) + init_s
         self.busy_s[actor] = self.busy_s.get(actor, 0.0) + encode_s
         self.rows[actor] = self.rows.get(actor, 0) + rows
+        self.init_cpu_s[actor] = self.init_cpu_s.get(actor, 0.0) + init_cpu_s
+        self.busy_cpu_s[actor] = self.busy_cpu_s.get(actor, 0.0) + encode_cpu_s
 
     @property
     def busiest_s(self) -> float:
@@ -99,7 +109,8 @@ class EncodeStats:
 
     def as_dict(self) -> dict:
         return {"actors": len(self.busy_s), "init_s": self.init_s, "busy_s": self.busy_s, "rows": self.rows,
-                "busiest_s": self.busiest_s}
+                "busiest_s": self.busiest_s, "init_cpu_s": self.init_cpu_s, "busy_cpu_s": self.busy_cpu_s,
+                "total_cpu_s": self.total_cpu_s}
 
 
 @dataclass
@@ -223,6 +234,7 @@ class _EncodeBatch:
         self.batch_size = batch_size
         self.emb_dirs = emb_dirs
         self.init_s = time.perf_counter() - started
+        self.init_cpu_s = time.process_time()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import time
@@ -244,15 +256,16 @@ class _EncodeBatch:
                 strings = [format_passage(titles[r], texts[r]) for r in rows]
             else:
                 strings = [texts[r] for r in rows]
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             vectors = self.encoder.encode(strings, kind, batch_size=self.batch_size)
-            encode_s = time.perf_counter() - started
+            encode_s, encode_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
             group_ids = [ids[r] for r in rows]
             path = f"{self.emb_dirs[key].rstrip('/')}/{kind}/{shard_name(group_ids)}"
             write_parquet(embeddings_table(group_ids, vectors), path)
             out.append({"collection": key, "kind": kind, "path": path, "rows": len(rows), "actor": self.actor,
-                        "init_s": self.init_s, "encode_s": encode_s})
-            self.init_s = 0.0
+                        "init_s": self.init_s, "encode_s": encode_s, "init_cpu_s": self.init_cpu_s,
+                        "encode_cpu_s": encode_cpu_s, "actor_cpu_s": time.process_time()})
+            self.init_s = self.init_cpu_s = 0.0
         return pa.Table.from_pylist(out, schema=_RESULT_SCHEMA)
 
 
@@ -366,11 +379,11 @@ def encode_sources(
     ctx.enable_progress_bars = progress
     try:
         for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-            for key, kind, path, rows, actor, init_s, encode_s in zip(
+            for key, kind, path, rows, actor, *times in zip(
                     *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
                 result[key].shards[kind].append((path, rows))
                 if stats is not None:
-                    stats.add(actor, init_s, encode_s, rows)
+                    stats.add(actor, times[0], times[1], rows, *times[2:])
     finally:
         ctx.enable_progress_bars = shown
     return result
