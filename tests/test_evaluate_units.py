@@ -217,3 +217,43 @@ def test_block_rows_fill_every_actor_within_bounds():
     assert block_rows_for(100, 1) == 256
     assert block_rows_for(10_000_000, 8) == 4096
     assert block_rows_for(None, 2) == 1024
+
+
+def test_gpu_branch_clones_the_empty_index_and_keeps_hnsw_on_cpu(monkeypatch):
+    """faiss-gpu cannot run here: stand-ins record what the GPU branch asks of faiss."""
+    import faiss
+
+    from synrank.evaluate import index as index_module
+
+    calls = []
+
+    class Options:
+        shard = False
+        useFloat16 = True
+
+    class ParameterSpace:
+        def set_index_parameter(self, idx, name, value):
+            calls.append(("param", name, value))
+
+    def to_all_gpus(cpu_index, co=None, ngpu=-1):
+        calls.append(("clone", type(cpu_index).__name__, cpu_index.ntotal, co.shard, co.useFloat16, ngpu))
+        return cpu_index
+
+    monkeypatch.setattr(index_module, "gpus_available", lambda: 2)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "GpuParameterSpace", ParameterSpace, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus, raising=False)
+    x = _vectors(2000)
+    flat = DenseIndex.build(32, _shards(x), len(x), IndexOptions("flat"), top_k=10)
+    assert flat.on_gpu and calls == [("clone", "IndexFlatIP", 0, True, False, 2)]
+    assert flat.ntotal == 2000
+    calls.clear()
+    ivf = DenseIndex.build(32, _shards(x), len(x), IndexOptions("ivf", nlist=16, nprobe=4), top_k=10)
+    assert ivf.on_gpu and calls == [("clone", "IndexIVFFlat", 0, True, False, 2), ("param", "nprobe", 4)]
+    calls.clear()
+    hnsw = DenseIndex.build(32, _shards(x), len(x), IndexOptions("hnsw"), top_k=10)
+    assert not hnsw.on_gpu and calls == []
+    big_k = DenseIndex.build(32, _shards(x), len(x), IndexOptions("flat"), top_k=5000)
+    assert not big_k.on_gpu and calls == []
+    cpu = DenseIndex.build(32, _shards(x), len(x), IndexOptions("flat", use_gpu=False), top_k=10)
+    assert not cpu.on_gpu and calls == []
