@@ -33,6 +33,8 @@ def _env() -> dict[str, str]:
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
+    # The job's `python` is whatever the head's PATH finds first: make it this environment's.
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     return env
 
 
@@ -77,10 +79,15 @@ def assert_complete_run(run_dir: Path) -> None:
 def test_ray_job_submit_runs_the_pipeline_on_a_local_cluster(tmp_path):
     env = _env()
     gcs_port, dash_port = _free_port(), _free_port()
+    # The test session's own embedded Ray already holds the agents' default ports (52365 and
+    # friends); a second head on the same box whose agent cannot bind them never registers an
+    # agent, and every submission answers "No available agent". So the head gets free ones.
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--disable-usage-stats", "--block"],
+         *agent_ports, "--disable-usage-stats", "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     run_dir = tmp_path / "run"
@@ -99,7 +106,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_local_cluster(tmp_path):
             time.sleep(5)
         log = out.stdout[-6000:] + out.stderr[-3000:]
         assert out.returncode == 0, log
-        assert "Job 'raysubmit_" in out.stdout and "SUCCEEDED" in out.stdout, log
+        assert "Job 'raysubmit_" in out.stdout and "succeeded" in out.stdout.lower(), log
         assert_complete_run(run_dir)
     finally:
         _stop(head)
