@@ -46,7 +46,25 @@ class EncoderConfig(Section):
     max_passage_length: int = Field(256, ge=4, le=8192)
 
 
-class GenerateConfig(Section):
+class EngineSection(Section):
+    """The LLM engines of a stage that generates text (generation, annotation): which backend, where
+    it runs, and how the engines are pooled. Turned into an `EngineSpec` by
+    `synrank.generate.engine.spec_from_config`."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
+    num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
+    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(2048, ge=256)
+    enforce_eager: bool | None = Field(None, description="default: eager on CPU (compiling costs minutes), compiled on GPU")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: float | None = Field(None, gt=0.0, description="vLLM CPU KV cache (default: room for batch_size sequences of 512 tokens)")
+
+
+class GenerateConfig(EngineSection):
     """`synrank generate`: graded synthetic passages for real queries (see synrank/generate/)."""
 
     queries: str | None = None
@@ -68,21 +86,10 @@ class GenerateConfig(Section):
     batch_size: int = Field(64, ge=1, description="sequences an engine decodes together (vLLM max_num_seqs)")
     shard_size: int = Field(64, ge=1, description="queries per output shard (the unit of resumption)")
     overwrite: bool = Field(False, description="start over in an output folder written with other settings")
-    engine: Literal["vllm", "transformers"] = "vllm"
-    engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
-    num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
-    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: int = Field(2048, ge=256)
-    enforce_eager: bool | None = Field(None, description="default: eager on CPU (compiling costs minutes), compiled on GPU")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    cpu_kv_cache_gib: float | None = Field(None, gt=0.0, description="vLLM CPU KV cache (default: room for batch_size sequences of 512 tokens)")
     fidelity_queries: int = Field(500, ge=0, description="queries scored for level fidelity in the report (0: skip)")
 
 
-class AnnotateConfig(Section):
+class AnnotateConfig(EngineSection):
     """`synrank annotate`: graded LLM labels for real (query, passage) pairs (see synrank/annotate/)."""
 
     collection: str | None = None
@@ -103,17 +110,6 @@ class AnnotateConfig(Section):
     batch_size: int = Field(64, ge=1, description="sequences an engine decodes together; dense encoder batch")
     shard_size: int = Field(16, ge=1, description="queries per output shard (the unit of resumption)")
     overwrite: bool = Field(False, description="start over in an output folder written with other settings")
-    engine: Literal["vllm", "transformers"] = "vllm"
-    engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
-    num_engines: int | None = Field(None, ge=1)
-    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: int = Field(2048, ge=256)
-    enforce_eager: bool | None = Field(None, description="default: eager on CPU, compiled on GPU")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    cpu_kv_cache_gib: float | None = Field(None, gt=0.0)
 
 
 class QuerySplitConfig(Section):

@@ -30,21 +30,9 @@ class EngineFailure(str):
 
 def engine_spec(cfg) -> Any:
     """The generation stage's EngineSpec for an AnnotateConfig."""
-    from synrank.generate.engine import EngineSpec
+    from synrank.generate.engine import spec_from_config
 
-    return EngineSpec(
-        model=cfg.model,
-        backend=cfg.engine,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        max_model_len=cfg.max_model_len,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        seed=cfg.seed,
-        max_num_seqs=cfg.batch_size,
-        enforce_eager=cfg.enforce_eager,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        cpu_kv_cache_gib=cfg.cpu_kv_cache_gib,
-    )
+    return spec_from_config(cfg)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,24 @@ class EngineSpec:
         return d
 
 
+def spec_from_config(cfg: Any) -> EngineSpec:
+    """The EngineSpec of a stage config with engine settings (`synrank.config.EngineSection`:
+    GenerateConfig, AnnotateConfig); `batch_size` is the number of sequences decoded together."""
+    return EngineSpec(
+        model=cfg.model,
+        backend=cfg.engine,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=cfg.seed,
+        max_num_seqs=cfg.batch_size,
+        enforce_eager=cfg.enforce_eager,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        cpu_kv_cache_gib=cfg.cpu_kv_cache_gib,
+    )
+
+
 class Engine(Protocol):
     spec: EngineSpec
 

@@ -56,6 +56,7 @@ from synrank.config import GenerateConfig, RuntimeConfig
 from synrank.data import schemas
 from synrank.data.atomic import write_json, write_parquet
 from synrank.generate.engine import EngineSpec, SamplingSpec, model_label
+from synrank.generate.engine import spec_from_config as engine_spec_from_config
 from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
 from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import stable_int, swap_partners
@@ -151,22 +152,6 @@ def settings_from_config(cfg: GenerateConfig, out: str) -> RunSettings:
         max_retries=cfg.max_retries,
         seed=cfg.seed,
         parse=ParseSettings(min_words=cfg.min_words),
-    )
-
-
-def engine_spec_from_config(cfg: GenerateConfig) -> EngineSpec:
-    return EngineSpec(
-        model=cfg.model,
-        backend=cfg.engine,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        max_model_len=cfg.max_model_len,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        seed=cfg.seed,
-        max_num_seqs=cfg.batch_size,
-        enforce_eager=cfg.enforce_eager,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        cpu_kv_cache_gib=cfg.cpu_kv_cache_gib,
     )
 
 
