@@ -1,5 +1,6 @@
 """`synrank study` end to end on the session's embedded Ray: study-tiny.yaml as shipped (Tune trials
-that fit a TorchTrainer and evaluate), restoring a finished study, and a failing trial."""
+that fit a TorchTrainer and evaluate), restoring a finished study, the reference systems of its
+report, and a failing trial."""
 
 from __future__ import annotations
 
@@ -29,14 +30,29 @@ def _mtimes(study_dir: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime for p in sorted((study_dir / "trials").glob("*/result.json"))}
 
 
-def test_study_tiny_end_to_end_then_restore(ray_session, shared_data, tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def tiny_study(ray_session, shared_data, tmp_path_factory):
+    """study-tiny.yaml run once for this module: (study_dir, StudyResult). Its report has the
+    default reference systems (the untrained encoder and BM25)."""
+    from synrank.study.config import load_study
+    from synrank.study.driver import run_study
+
+    here = os.getcwd()
+    os.chdir(REPO)
+    try:
+        study_dir = tmp_path_factory.mktemp("tiny") / "study-tiny"
+        result = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data)]))
+    finally:
+        os.chdir(here)
+    return study_dir, result
+
+
+def test_study_tiny_end_to_end_then_restore(tiny_study, shared_data, monkeypatch) -> None:
     from synrank.study.config import load_study
     from synrank.study.driver import run_study
 
     monkeypatch.chdir(REPO)
-    study_dir = tmp_path / "study-tiny"
-    study = load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data)])
-    result = run_study(study)
+    study_dir, result = tiny_study
 
     assert [t.status for t in result.trials] == ["completed"] * 4, [(t.trial_id, t.error) for t in result.trials]
     assert not result.restored and result.new_trials == 4
@@ -71,12 +87,94 @@ def test_study_tiny_end_to_end_then_restore(ray_session, shared_data, tmp_path, 
     for name in ("ndcg10_by_objective.png", "heatmap_objective_levels.png", "training_curves.png"):
         assert (report / "plots" / name).stat().st_size > 10_000
 
-    # restoring the finished study runs no trial again
+    # restoring the finished study runs no trial again (nor a reference system); report settings
+    # are not part of the study's identity
     before = _mtimes(study_dir)
-    again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data)]))
+    refs = {p.parent.name: p.stat().st_mtime for p in (study_dir / "references").glob("*/reference.json")}
+    again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "report.alpha=0.01"]))
     assert again.restored and again.new_trials == 0
     assert [t.status for t in again.trials] == ["completed"] * 4
     assert _mtimes(study_dir) == before
+    assert sorted(refs) == ["bm25", "default"]
+    assert {p.parent.name: p.stat().st_mtime for p in (study_dir / "references").glob("*/reference.json")} == refs
+
+
+def test_reference_systems_in_the_tiny_study_report(tiny_study, monkeypatch) -> None:
+    """The untrained encoder and BM25 on the trials' own test view: rows after the trained
+    configurations, equal to their per-query files over the view's queries, cached, optional."""
+    import numpy as np
+
+    from synrank.study import references as refs_mod
+    from synrank.study.collections import View
+    from synrank.study.report import load_saved_study, write_report
+    from synrank.study.store import StudyStore
+
+    study_dir, _ = tiny_study
+    store = StudyStore(str(study_dir))
+    view = json.loads((study_dir / "data" / "views.json").read_text())["test"][0]
+    assert view["key"] == "cranfield" and len(view["query_ids"]) == 60
+    rows = list(csv.DictReader((study_dir / "report" / "results.csv").open()))
+    by = {r["config_id"]: r for r in rows}
+    assert [r["reference"] for r in rows] == ["", "", "", "", "default", "bm25"]  # after the trained ones
+    measures = ["ndcg@10", "recall@100", "mrr@10"]
+    for name, label in (("default", "untrained encoder (reference)"), ("bm25", "BM25 (reference)")):
+        ref = study_dir / "references" / name
+        meta = json.loads((ref / "reference.json").read_text())
+        assert meta["status"] == "completed" and meta["views"] == [view]
+        assert meta["method"] == ("stage" if name == "bm25" else "local")  # study-tiny: evaluation=local
+        pq = json.loads((ref / "per_query" / "test" / "cranfield.json").read_text())
+        assert sorted(pq) == sorted(view["query_ids"])
+        row = by[f"reference:{name}"]
+        assert row["loss"] == label and row["n_levels"] == row["source"] == "" and row["seeds_completed"] == ""
+        for m in measures:
+            want = float(np.mean([pq[q][m] for q in view["query_ids"]]))
+            assert float(row[f"test/cranfield/{m}/mean"]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+            assert float(row[f"test/average/{m}/mean"]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+            assert row[f"test/cranfield/{m}/ci_low"] == row[f"test/cranfield/{m}/p"] == ""
+            assert row[f"test/cranfield/{m}/significant"] == ""
+        assert 0.05 < want <= 1.0
+    md = (study_dir / "report" / "report.md").read_text()
+    main = md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    ref_lines = [ln for ln in main.splitlines() if "(reference) |" in ln]
+    assert [ln.split("|")[1].strip() for ln in ref_lines] == ["untrained encoder (reference)", "BM25 (reference)"]
+    assert ref_lines[0].startswith("| untrained encoder (reference) | — | — | — | ")
+    assert main.index("| wasserstein |") < main.index("(reference) |")
+    assert not any(mark in ln for ln in ref_lines for mark in ("▲", "▼", "(base)"))
+    bm25_ndcg = float(by["reference:bm25"]["test/cranfield/ndcg@10/mean"])
+    assert f"| BM25 (reference) | — | — | — | {bm25_ndcg:.3f} |" in main
+    others = md.split("## Other measures", 1)[1].split("\n## ", 1)[0]
+    assert "| untrained encoder (reference) |" in others and "| BM25 (reference) |" in others
+
+    # cached: a second report evaluates nothing
+    def boom(*args, **kwargs):
+        raise RuntimeError("evaluated again")
+
+    monkeypatch.setattr(refs_mod, "_evaluate", boom)
+    mtimes = {p.parent.name: p.stat().st_mtime for p in (study_dir / "references").glob("*/reference.json")}
+    write_report(str(study_dir))
+    assert {p.parent.name: p.stat().st_mtime for p in (study_dir / "references").glob("*/reference.json")} == mtimes
+    assert (study_dir / "report" / "report.md").read_text().count("(reference) |") == 4
+    # another view (here: a stale cache key) evaluates again; a failure names the reference, the report is written
+    meta_path = study_dir / "references" / "bm25" / "reference.json"
+    meta = json.loads(meta_path.read_text())
+    changed = dict(view, query_ids=view["query_ids"][:10])
+    assert refs_mod.cache_key("bm25", [View.from_dict(changed)], 100) != meta["key"]
+    meta_path.write_text(json.dumps({**meta, "key": "stale"}))
+    try:
+        write_report(str(study_dir))
+        md = (study_dir / "report" / "report.md").read_text()
+        assert "Reference `bm25` could not be evaluated: RuntimeError: evaluated again" in md
+        assert "| BM25 (reference) |" not in md and "| untrained encoder (reference) |" in md
+        assert [r["reference"] for r in csv.DictReader((study_dir / "report" / "results.csv").open())
+                if r["reference"]] == ["default"]
+    finally:
+        meta_path.write_text(json.dumps(meta))
+    # report.references=[]: no reference rows
+    write_report(str(study_dir), load_saved_study(store, ["report.references=[]"]))
+    md = (study_dir / "report" / "report.md").read_text()
+    assert "(reference)" not in md
+    assert not any(r["reference"] for r in csv.DictReader((study_dir / "report" / "results.csv").open()))
+    write_report(str(study_dir))  # as it was
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_data, tmp_path, monkeypatch) -> None:
@@ -89,7 +187,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     study_dir = tmp_path / "study-fail"
     study = load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
                               "fail_trials=[wasserstein_*]", "evaluation=stage", "base.train.max_steps=2",
-                              "keep_models=true"])
+                              "keep_models=true", "report.references=[]"])
     result = run_study(study)
 
     by = {t.trial_id: t for t in result.trials}
@@ -126,7 +224,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     # restoring keeps the failed trial failed (no retry) and trains nothing
     again = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
                                         "fail_trials=[wasserstein_*]", "evaluation=stage",
-                                        "base.train.max_steps=2", "keep_models=true"]))
+                                        "base.train.max_steps=2", "keep_models=true", "report.references=[]"]))
     assert again.restored and again.new_trials == 0
     assert {t.trial_id: t.status for t in again.trials} == {"infonce_L2_human_s0": "completed",
                                                             "wasserstein_L2_human_s0": "failed"}

@@ -21,7 +21,8 @@ Keys (all also settable as dotted overrides, e.g. ``search.num_samples=8 base.tr
   dev and test by ``holdout``.
 - ``asha``: optional early stopping on the dev metric, evaluated every ``eval_every`` steps.
 - ``report``: the measure, the baseline (a partial assignment such as ``{loss: infonce}``: each
-  configuration is compared with the one that differs only there), the paired test, alpha.
+  configuration is compared with the one that differs only there), the paired test, alpha, and
+  ``references``: untrained systems (``default``, ``bm25``, encoder paths) shown as reference rows.
 - ``synthetic``: generate the synthetic passages for the training queries once, before the trials.
 """
 
@@ -263,6 +264,17 @@ class ReportConfig(Section):
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     trials: int = Field(10_000, ge=100, description="randomization test permutations")
+    references: list[str] = Field(default_factory=lambda: ["default", "bm25"],
+                                  description="untrained systems shown as reference rows: model specs of the "
+                                              "evaluation stage ('default', 'bm25', an encoder path or hub name)")
+
+    @field_validator("references")
+    @classmethod
+    def _references(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not isinstance(r, str) or not r.strip()]
+        if bad:
+            raise ValueError(f"references: model specs must be non-empty strings, got {bad}")
+        return list(dict.fromkeys(r.strip() for r in v))
 
     @field_validator("measures")
     @classmethod

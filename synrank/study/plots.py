@@ -138,6 +138,13 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
                 if sum(len(v) for v in present.values()) <= 16:
                     ax.bar_label(bars, labels=[f"{v:.3f}" for v in means], padding=2, fontsize=7,
                                  label_type="edge")
+        for k, ref in enumerate(getattr(tables, "reference_rows", [])):  # untrained systems: dashed lines
+            v = ref.get(f"test/{coll}/{m}/mean", math.nan)
+            if _finite(v):
+                ax.axhline(v, color="0.35", linestyle=("--", ":", "-.")[k % 3], linewidth=1, zorder=1)
+                ax.annotate(f"{ref.get('loss') or ref['config_id']} {v:.3f}", xy=(1.0, v), xycoords=("axes fraction", "data"),
+                            xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=6,
+                            color="0.25")
         ax.set_xticks(range(len(objectives)))
         ax.set_xticklabels(objectives, rotation=30 if len(objectives) > 3 else 0, ha="right" if len(objectives) > 3 else "center")
         ax.set_title(coll)

@@ -10,6 +10,9 @@ is still running or was interrupted. Writes ``<study_dir>/report/``:
 - ``results.csv``: one row per configuration, every measure: ``<split>/<collection>/<measure>/
   {mean,ci_low,ci_high,n}`` (``<collection>`` also ``average``: per seed, the mean over the
   split's collections), and for test collections ``.../{baseline,delta,p,p_holm,significant}``;
+- reference rows: systems that were not trained (``report.references``: the untrained encoder,
+  BM25, ...), scored once on the same test views and cached in ``references/`` (see
+  synrank.study.references); in ``results.csv`` with ``reference`` set to their model spec;
 - ``trials.csv``: one row per trial (status, error, every metric);
 - ``plots/``: ``<measure>_by_objective.png`` (per collection, per objective), ``heatmap_objective_levels.png``
   (objective x number of levels), ``training_curves.png`` (loss per step, mean over seeds).
@@ -281,6 +284,8 @@ class Tables:
     sig: dict[tuple[str, str, str], dict[str, Any]]
     configs: list[Configuration]
     axes: list[str]
+    references: list[Any] = field(default_factory=list)  # synrank.study.references.Reference, in order
+    reference_rows: list[dict[str, Any]] = field(default_factory=list)  # results.csv rows of the completed ones
 
 
 def _collections(trials: list[Trial], part: str, study: StudyConfig | None) -> list[str]:
@@ -296,7 +301,7 @@ def _collections(trials: list[Trial], part: str, study: StudyConfig | None) -> l
     return seen
 
 
-def build_tables(store: StudyStore, study: StudyConfig, trials: list[Trial]) -> Tables:
+def build_tables(store: StudyStore, study: StudyConfig, trials: list[Trial], references: list[Any] | None = None) -> Tables:
     configs = group_configurations(trials)
     test_colls = _collections(trials, "test", study)
     dev_colls = _collections(trials, "dev", study)
@@ -341,7 +346,34 @@ def build_tables(store: StudyStore, study: StudyConfig, trials: list[Trial]) -> 
     rows.sort(key=order)
     rank = {r["config_id"]: i for i, r in enumerate(rows)}
     configs.sort(key=lambda c: rank[c.config_id])
-    return Tables(rows, fieldnames, test_colls, dev_colls, sig, configs, axes)
+    references = list(references or [])
+    ref_rows = [_reference_row(ref, axes, test_colls, rep.measures) for ref in references if ref.status == "completed"]
+    fieldnames.insert(1, "reference")
+    for row in ref_rows:
+        for k in row:
+            if k not in fieldnames:
+                fieldnames.append(k)
+    return Tables(rows, fieldnames, test_colls, dev_colls, sig, configs, axes, references, ref_rows)
+
+
+def _reference_row(ref: Any, axes: list[str], colls: list[str], measures: list[str]) -> dict[str, Any]:
+    """A results.csv row of a reference system: one value per collection (no seeds, no interval, no
+    test); ``average`` is the mean over the collections, as for a trained configuration's seed."""
+    row: dict[str, Any] = {"config_id": f"reference:{ref.name}", "reference": ref.spec,
+                           **{a: (ref.label if a == "loss" else "") for a in axes},
+                           "seeds_completed": "", "seeds_total": "", "seeds_failed": ""}
+    for coll in [*colls, "average"]:
+        for m in measures:
+            if coll == "average":
+                vals = [ref.metric(c, m) for c in colls]
+                v = float(np.mean(vals)) if vals and all(x is not None for x in vals) else math.nan
+            else:
+                x = ref.metric(coll, m)
+                v = math.nan if x is None else x
+            prefix = f"test/{coll}/{m}"
+            row.update({f"{prefix}/mean": v, f"{prefix}/ci_low": math.nan, f"{prefix}/ci_high": math.nan,
+                        f"{prefix}/n": 0 if math.isnan(v) else 1})
+    return row
 
 
 def _csv(rows: list[dict[str, Any]], fieldnames: list[str]) -> str:
@@ -426,8 +458,17 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
             p = f"test/average/{m}"
             cells.append(_cell(r[f"{p}/mean"], r[f"{p}/ci_low"], r[f"{p}/ci_high"]))
         body.append(cells)
+    for r in t.reference_rows:
+        cells = [_ref_axis_cell(r, a, i) for i, a in enumerate(t.axes)] + ["—"]
+        cells += [_num_cell(r.get(f"test/{coll}/{m}/mean")) for coll in t.test_colls]
+        if with_avg:
+            cells.append(_num_cell(r.get(f"test/average/{m}/mean")))
+        body.append(cells)
     lines.append(_md_table(header, body, right=set(range(len(t.axes), len(header)))))
     lines.append("")
+    if t.references:
+        lines.extend(_reference_notes(t))
+        lines.append("")
 
     # significance details
     if t.sig:
@@ -459,6 +500,8 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
         rows = []
         for r, c in zip(t.rows, t.configs):
             rows.append([c.config_id] + [_num_cell(r.get(f"test/{coll}/{x}/mean")) for x in others for coll in colls])
+        for r in t.reference_rows:
+            rows.append([_ref_label(r)] + [_num_cell(r.get(f"test/{coll}/{x}/mean")) for x in others for coll in colls])
         lines.append(_md_table(hdr, rows))
         lines.append("")
 
@@ -494,6 +537,32 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     lines.append("Files: `results.csv` (one row per configuration, every measure, interval and test), "
                  "`trials.csv` (one row per trial). Rebuild with `synrank study report " + store.root + "`.")
     return "\n".join(lines) + "\n"
+
+
+def _ref_label(row: dict[str, Any]) -> str:
+    return str(row.get("loss") or row["config_id"])
+
+
+def _ref_axis_cell(row: dict[str, Any], axis: str, i: int) -> str:
+    """The reference's label in the objective column (the first column without one), "—" elsewhere."""
+    if axis == "loss" or (i == 0 and "loss" not in row):
+        return _ref_label(row).replace("|", "\\|")
+    return "—"
+
+
+def _reference_notes(t: Tables) -> list[str]:
+    ok = [r for r in t.references if r.status == "completed"]
+    out = []
+    if ok:
+        out.append("*(reference)* rows: systems that were not trained ("
+                   + ", ".join(f"{r.label.removesuffix(' (reference)')} = `{r.spec}`" for r in ok)
+                   + "), scored once on the same test queries; no interval, no significance test.")
+    for r in t.references:
+        if r.status != "completed":
+            if out:
+                out.append("")
+            out.append(f"Reference `{r.spec}` could not be evaluated: {_first_line(r.error or 'unknown error')}")
+    return out
 
 
 def _stopped_reason(trial: Trial, measure: str) -> str:
@@ -558,14 +627,20 @@ def trials_csv(trials: list[Trial]) -> str:
 
 
 def write_report(study_dir: str, study: StudyConfig | None = None) -> dict[str, str]:
-    """Write the report of the study in `study_dir`; returns {"markdown", "csv", "trials_csv", plot names: path}."""
+    """Write the report of the study in `study_dir`; returns {"markdown", "csv", "trials_csv", plot names: path}.
+
+    The reference systems of ``report.references`` missing from ``references/`` (or whose cached
+    views differ) are evaluated first (see synrank.study.references)."""
     store = StudyStore(study_dir)
     if study is None:
         study = load_saved_study(store)
     trials = load_trials(store)
     if not trials:
         raise FileNotFoundError(f"{store.root}: no trials yet (trials/*/trial.json)")
-    tables = build_tables(store, study, trials)
+    from synrank.study.references import ensure_references
+
+    references = ensure_references(store, study) if study.report.references and _collections(trials, "test", study) else []
+    tables = build_tables(store, study, trials, references)
     out = store.report_dir
     from synrank.study import plots as plots_mod
 
@@ -575,7 +650,7 @@ def write_report(study_dir: str, study: StudyConfig | None = None) -> dict[str, 
                           for title, path in plot_files.items()})
     paths = {"markdown": store.path("report", "report.md"), "csv": store.path("report", "results.csv"),
              "trials_csv": store.path("report", "trials.csv")}
-    store.write_text(_csv(tables.rows, tables.fieldnames), paths["csv"])
+    store.write_text(_csv(tables.rows + tables.reference_rows, tables.fieldnames), paths["csv"])
     store.write_text(trials_csv(trials), paths["trials_csv"])
     store.write_text(md, paths["markdown"])
     paths.update({f"plot:{os.path.basename(p)}": p for p in plot_files.values()})
