@@ -10,10 +10,12 @@ subsets), once per study, and cached under ``<study_dir>/references/<safe name>/
     eval/                           the run files and metrics.json of the evaluation
 
 The cache key covers the model spec, the view definitions (collection, qrels split, query ids) and
-``top_k``: a changed view evaluates the reference again. Encoders are scored as the trials are
-(``evaluation: local`` in this process, ``stage`` with the evaluation stage) with the evaluation
-stage's default encoder settings (those of ``synrank evaluate --model X``); BM25 always goes through
-the evaluation stage (the only path that has it). A reference that fails is reported, not cached.
+``top_k``, and for encoders their settings: a changed view evaluates the reference again. An
+encoder reference gets the study's encoder settings (``base.train.encoder``: max lengths, pooling,
+prefixes), so it reads as much of each passage as the trained models do, and is scored as the
+trials are (``evaluation: local`` in this process, ``stage`` with the evaluation stage); BM25 always
+goes through the evaluation stage (the only path that has it). A reference that fails is reported,
+not cached.
 """
 
 from __future__ import annotations
@@ -95,18 +97,35 @@ def reference_views(store: StudyStore, study: StudyConfig) -> list:
     return list(resolve_views(study)[PART])
 
 
-def cache_key(spec: str, views: list, top_k: int) -> str:
+def encoder_settings(spec: str, study: StudyConfig) -> dict[str, Any] | None:
+    """The settings an encoder reference is scored with: the study's own encoder settings
+    (``base.train.encoder``: max lengths, pooling, prefixes, similarity), so it reads exactly as
+    much text as the trained models it is compared with; None for BM25."""
+    if _is_bm25(spec):
+        return None
+    return study.base.train.encoder.model_copy(update={"model": spec}).model_dump(mode="json")
+
+
+def cache_key(spec: str, views: list, top_k: int, encoder: dict[str, Any] | None = None) -> str:
     data = {"model": spec, "top_k": top_k, "views": [v.to_dict() for v in views]}
+    if encoder is not None:
+        data["encoder"] = encoder
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _evaluate(spec: str, views: list, work: str, study: StudyConfig) -> dict[str, dict[str, Any]]:
+    from synrank.config import EncoderConfig
+    from synrank.encoder import BiEncoder
     from synrank.study.trial import evaluate_local, evaluate_stage
 
     by_part = {PART: views}
-    if _is_bm25(spec) or study.evaluation == "stage":
+    if _is_bm25(spec):
         return evaluate_stage(spec, by_part, work, study, num_encoders=max(1, study.base.train.num_workers))[PART]
-    return evaluate_local(spec, by_part, work, study.top_k, threads=max(1, os.cpu_count() or 1))[PART]
+    # Exported with the study's encoder settings, then scored exactly as a trial's model is.
+    model_dir = str(BiEncoder(EncoderConfig(**encoder_settings(spec, study))).save(os.path.join(os.path.dirname(work), "model")))
+    if study.evaluation == "stage":
+        return evaluate_stage(model_dir, by_part, work, study, num_encoders=max(1, study.base.train.num_workers))[PART]
+    return evaluate_local(model_dir, by_part, work, study.top_k, threads=max(1, os.cpu_count() or 1))[PART]
 
 
 def ensure_reference(store: StudyStore, study: StudyConfig, spec: str, views: list) -> Reference:
@@ -115,7 +134,8 @@ def ensure_reference(store: StudyStore, study: StudyConfig, spec: str, views: li
     from synrank.study.trial import _lock
 
     name, label = safe_name(spec), reference_label(spec)
-    key = cache_key(spec, views, study.top_k)
+    settings = encoder_settings(spec, study)
+    key = cache_key(spec, views, study.top_k, settings)
     path = store.path("references", name, REFERENCE)
     try:
         with _lock(store, path):
@@ -137,7 +157,7 @@ def ensure_reference(store: StudyStore, study: StudyConfig, spec: str, views: li
             num_queries = {coll: r["num_queries"] for coll, r in evals.items()}
             store.write_json({"status": "completed", "model": spec, "label": label, "key": key, "top_k": study.top_k,
                               "method": "stage" if _is_bm25(spec) or study.evaluation == "stage" else "local",
-                              "views": [v.to_dict() for v in views], "metrics": {PART: metrics},
+                              "views": [v.to_dict() for v in views], "encoder": settings, "metrics": {PART: metrics},
                               "num_queries": {PART: num_queries}, "seconds": time.perf_counter() - t0,
                               "finished_at": time.time()}, path)
             return Reference(spec, label, name, "completed", metrics, num_queries, evaluated=True)
