@@ -209,6 +209,20 @@ def test_pool_plan():
     assert (one.size, one.threads) == (1, 2)
 
 
+def test_cpu_pool_has_no_more_actors_than_corpora():
+    from synrank.evaluate.encode import fit_pool_to_inputs
+
+    planned = plan_pool(num_cpus=2, num_gpus=0)
+    one = fit_pool_to_inputs(planned, corpora=1, num_cpus=2, max_node_cpus=2)
+    assert (one.size, one.threads, one.num_cpus) == (1, 2, 2)  # the CPUs go to the one actor that works
+    assert fit_pool_to_inputs(planned, corpora=3, num_cpus=2, max_node_cpus=2) == planned
+    many = plan_pool(num_cpus=16, num_gpus=0)
+    two = fit_pool_to_inputs(many, corpora=2, num_cpus=16, max_node_cpus=16)
+    assert (two.size, two.threads) == (2, 8)
+    gpu = plan_pool(num_cpus=32, num_gpus=4)
+    assert fit_pool_to_inputs(gpu, corpora=1, num_cpus=32, max_node_cpus=32) == gpu  # a GPU each, unchanged
+
+
 def test_block_rows_fill_every_actor_within_bounds():
     from synrank.evaluate.encode import block_rows_for
 

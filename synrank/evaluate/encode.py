@@ -311,6 +311,16 @@ def plan_pool(num_cpus: float, num_gpus: float, num_encoders: int | None = None,
     return PoolPlan(size=size, num_cpus=per_actor, num_gpus=0, threads=per_actor)
 
 
+def fit_pool_to_inputs(plan: PoolPlan, corpora: int, num_cpus: float, max_node_cpus: float | None) -> PoolPlan:
+    """A CPU pool with no more actors than corpora to read. Ray Data sizes an actor pool by its
+    input count, and a corpus is one streaming read task: with one corpus, a planned second actor
+    would sit idle while the first encodes everything on its share of the threads (measured on
+    2 CPUs: 0.59x sentence-transformers with 2 x 1 thread, 0.93x with 1 x 2 threads)."""
+    if plan.num_gpus or corpora <= 0 or corpora >= plan.size:
+        return plan
+    return plan_pool(num_cpus, 0, corpora, max_node_cpus)
+
+
 def _max_node_cpus() -> float | None:
     import ray
 
@@ -340,7 +350,10 @@ def encode_sources(
     from synrank.runtime import cluster_resources
 
     resources = resources or cluster_resources()
-    plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus())
+    max_node_cpus = _max_node_cpus()
+    plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, max_node_cpus)
+    if num_encoders is None:
+        plan = fit_pool_to_inputs(plan, sum(1 for s in sources if s.corpus_path), resources.num_cpus, max_node_cpus)
     if block_rows is None:
         known = [s.num_docs for s in sources if s.corpus_path]
         block_rows = block_rows_for(sum(known) if known and None not in known else None, plan.size)
