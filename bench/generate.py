@@ -136,8 +136,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from synrank.config import GenerateConfig, RuntimeConfig
     from synrank.data.readers import read_queries
-    from synrank.generate.engine import EngineSpec, TransformersEngine
-    from synrank.generate.pipeline import engine_spec_from_config, generate
+    from synrank.generate.engine import EngineSpec, TransformersEngine, spec_from_config
+    from synrank.generate.pipeline import generate
     from synrank.generate.pool import EnginePool
     from synrank.runtime import init_ray
 
@@ -180,7 +180,7 @@ def main() -> int:
     init_ray(num_cpus=len(os.sched_getaffinity(0)))
     with PeakMemory() as mem_start:
         t0 = time.perf_counter()
-        pool = EnginePool.start(engine_spec_from_config(cfg), 1)
+        pool = EnginePool.start(spec_from_config(cfg), 1)
         startup_s = time.perf_counter() - t0
     try:
         pool.generate(prompts[:2], sampling.__class__(max_tokens=4))  # warm-up

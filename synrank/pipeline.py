@@ -177,11 +177,12 @@ class Pipeline:
 
         def body() -> dict[str, str]:
             from synrank.data.readers import read_queries
-            from synrank.generate.pipeline import engine_spec_from_config, generate
+            from synrank.generate.engine import spec_from_config
+            from synrank.generate.pipeline import generate
             from synrank.generate.pool import EnginePool
 
             out = {}
-            pool = EnginePool.start(engine_spec_from_config(gen), gen.num_engines, cpus_per_engine=gen.engine_cpus)
+            pool = EnginePool.start(spec_from_config(gen), gen.num_engines, cpus_per_engine=gen.engine_cpus)
             try:
                 for part in parts:
                     table = read_queries(queries[part])

@@ -1,6 +1,6 @@
 """The LLM judge on the generation stage's engines (`synrank.generate.pool.EnginePool`).
 
->>> pool = EnginePool.start(engine_spec(cfg))         # or EnginePool.attach(cfg.engine_pool)
+>>> pool = EnginePool.start(spec_from_config(cfg))         # or EnginePool.attach(cfg.engine_pool)
 >>> judge = EngineJudge.from_pool(pool, cfg)
 >>> answers = judge(prompts, attempt=0)
 
@@ -26,13 +26,6 @@ from synrank.annotate.prompts import JudgePrompt
 
 class EngineFailure(str):
     """An answer that never came from the model: the engine's error message. Never parsed."""
-
-
-def engine_spec(cfg) -> Any:
-    """The generation stage's EngineSpec for an AnnotateConfig."""
-    from synrank.generate.engine import spec_from_config
-
-    return spec_from_config(cfg)
 
 
 @dataclass(frozen=True)
@@ -99,11 +92,12 @@ class EngineJudge:
 def start_pool(cfg, address: str | None = None) -> tuple[Any, bool]:
     """The engine pool for `cfg`: the named pool `cfg.engine_pool` if set, else new engines.
     Returns (pool, owned): an owned pool is the caller's to shut down."""
+    from synrank.generate.engine import spec_from_config
     from synrank.generate.pool import EnginePool
     from synrank.runtime import init_ray
 
     init_ray(address)
-    spec = engine_spec(cfg)
+    spec = spec_from_config(cfg)
     if cfg.engine_pool:
         return EnginePool.attach(cfg.engine_pool, spec), False
     return EnginePool.start(spec, cfg.num_engines, cpus_per_engine=cfg.engine_cpus), True

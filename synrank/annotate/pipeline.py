@@ -546,7 +546,8 @@ def _judge_with(cfg, pairs: pa.Table, *, judge: Judge | None, pool: Any | None, 
                   shard_size=cfg.shard_size, overwrite=overwrite, identity=identity, on_shard=on_shard)
     if judge is not None:
         return judge_pairs(pairs, cfg.out, judge, **kwargs)
-    from synrank.annotate.engine import EngineJudge, start_pool, engine_spec
+    from synrank.annotate.engine import EngineJudge, start_pool
+    from synrank.generate.engine import spec_from_config
 
     owned = False
     if pool is None:
@@ -556,8 +557,8 @@ def _judge_with(cfg, pairs: pa.Table, *, judge: Judge | None, pool: Any | None, 
 
             return judge_pairs(pairs, cfg.out, FunctionJudge(_no_calls, model=model_label(cfg.model)), **kwargs)
         pool, owned = start_pool(cfg, address)
-    elif pool.spec.label != engine_spec(cfg).label:
-        raise AnnotateError(f"the engine pool runs {pool.spec.label}, the config asks for {engine_spec(cfg).label}")
+    elif pool.spec.label != (wanted := spec_from_config(cfg).label):
+        raise AnnotateError(f"the engine pool runs {pool.spec.label}, the config asks for {wanted}")
     try:
         return judge_pairs(pairs, cfg.out, EngineJudge.from_pool(pool, cfg), **kwargs)
     finally:

@@ -392,11 +392,11 @@ def encode_sources(
     ctx.enable_progress_bars = progress
     try:
         for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-            for key, kind, path, rows, actor, *times in zip(
+            for key, kind, path, rows, actor, init_s, encode_s, init_cpu_s, encode_cpu_s, actor_cpu_s in zip(
                     *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
                 result[key].shards[kind].append((path, rows))
                 if stats is not None:
-                    stats.add(actor, times[0], times[1], rows, *times[2:])
+                    stats.add(actor, init_s, encode_s, rows, init_cpu_s, encode_cpu_s, actor_cpu_s)
     finally:
         ctx.enable_progress_bars = shown
     return result

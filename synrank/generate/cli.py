@@ -106,12 +106,12 @@ def _connect(address: str | None):
 
 
 def _engines_start(args: argparse.Namespace) -> int:
-    from synrank.generate.pipeline import engine_spec_from_config
+    from synrank.generate.engine import spec_from_config
     from synrank.generate.pool import EnginePool
 
     cfg, runtime = load_config(args)
     _connect(runtime.address)
-    pool = EnginePool.start(engine_spec_from_config(cfg), cfg.num_engines, name=args.name, detached=True,
+    pool = EnginePool.start(spec_from_config(cfg), cfg.num_engines, name=args.name, detached=True,
                             cpus_per_engine=cfg.engine_cpus)
     for info in pool.infos:
         print(f"{args.name}: {info['model']} on {info['device']}, ready in {info['startup_s']:.1f} s")

@@ -55,8 +55,7 @@ import pyarrow.parquet as pq
 from synrank.config import GenerateConfig, RuntimeConfig
 from synrank.data import schemas
 from synrank.data.atomic import write_json, write_parquet
-from synrank.generate.engine import EngineSpec, SamplingSpec, model_label
-from synrank.generate.engine import spec_from_config as engine_spec_from_config
+from synrank.generate.engine import EngineSpec, SamplingSpec, model_label, spec_from_config
 from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
 from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import stable_int, swap_partners
@@ -498,7 +497,7 @@ def generate(
         queries = _read_queries(cfg.queries)
     out = cfg.out.rstrip("/")
     settings = settings_from_config(cfg, out)
-    spec = engine_spec_from_config(cfg)
+    spec = spec_from_config(cfg)
     plan = plan_shards(queries, cfg)  # input problems surface before Ray or engines start
     rt = runtime or RuntimeConfig()
     init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory)
