@@ -41,6 +41,13 @@ def _offline() -> None:
 
 
 def _local_or_hub(name: str, kind: str) -> str:
+    from synrank import storage
+
+    if not storage.is_local(name):  # s3://, gs://, ...: this node's cached copy
+        if not storage.exists(storage.join(name, "config.json")):
+            raise ModelNotFound(f"{kind} {name!r}: no config.json there; is it a Hugging Face model directory?")
+        return storage.local_copy(name)
+    name = name.removeprefix("file://")
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -24,11 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -36,7 +34,8 @@ import pyarrow.compute as pc
 
 from synrank.config import GroupsConfig, QuerySplitConfig, RunConfig
 from synrank.data import schemas
-from synrank.data.atomic import write_json, write_parquet, write_text
+from synrank import storage
+from synrank.storage import write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +75,19 @@ class PipelineResult:
 
 
 class RunDir:
-    def __init__(self, root: str) -> None:
-        self.root = Path(root).resolve()
+    """The run directory: a local path (made absolute) or a URL (s3://, gs://, ...)."""
 
-    def __truediv__(self, part: str) -> Path:
-        return self.root / part
+    def __init__(self, root: str) -> None:
+        self.root = storage.absolute(root)
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
 
     def marker(self, stage: str) -> dict[str, Any] | None:
-        path = self.root / stage / MARKER
-        if not path.exists():
-            return None
         try:
-            return json.loads(path.read_text())
+            return storage.read_json(self.path(stage, MARKER))
+        except FileNotFoundError:
+            return None
         except json.JSONDecodeError:
             return None  # a marker is written atomically; an unreadable one means: run again
 
@@ -97,7 +97,7 @@ class RunDir:
 
     def mark(self, stage: str, fp: str, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         write_json({"stage": stage, "fingerprint": fp, "outputs": outputs, "finished": time.time(), **(extra or {})},
-                   self.root / stage / MARKER)
+                   self.path(stage, MARKER))
 
 
 class Pipeline:
@@ -147,9 +147,9 @@ class Pipeline:
             out = {}
             for name, keep in (("train", train), ("test", test)):
                 table = queries.filter(pc.is_in(queries.column("query_id"), pa.array(keep, pa.string())))
-                path = self.dir / "queries" / f"{name}.parquet"
+                path = self.dir.path("queries", f"{name}.parquet")
                 write_parquet(table, path)
-                out[name] = str(path)
+                out[name] = path
             log.info("queries: %d for training, %d held out for evaluation", len(train), len(test))
             return out
 
@@ -188,10 +188,10 @@ class Pipeline:
                     table = read_queries(queries[part])
                     if table.num_rows == 0:
                         continue
-                    target = self.dir / "generate" / part
-                    part_cfg = gen.model_copy(update={"queries": queries[part], "out": str(target), "limit": None})
+                    target = self.dir.path("generate", part)
+                    part_cfg = gen.model_copy(update={"queries": queries[part], "out": target, "limit": None})
                     generate(part_cfg, runtime=self.cfg.runtime, pool=pool, queries=table)
-                    out[part] = str(target)
+                    out[part] = target
             finally:
                 pool.shutdown()
             return out
@@ -210,12 +210,12 @@ class Pipeline:
             if test_queries.num_rows == 0:
                 return {}
             if self.cfg.pipeline.collection:
-                name = Path(self.cfg.pipeline.collection).name + "-test"
-                path = subset_collection(self.cfg.pipeline.collection, test_queries, self.dir / "collections" / name,
+                name = storage.name(self.cfg.pipeline.collection) + "-test"
+                path = subset_collection(self.cfg.pipeline.collection, test_queries, self.dir.path("collections", name),
                                          self.cfg.evaluate.split)
             else:
-                path = synthetic_collection(generated, test_queries, self.dir / "collections" / "synthetic-test")
-            return {Path(path).name: str(path)}
+                path = synthetic_collection(generated, test_queries, self.dir.path("collections", "synthetic-test"))
+            return {storage.name(path): path}
 
         out = self._stage("collections", fp, body)
         return list(out.values()) + list(self.cfg.evaluate.collections), fp
@@ -234,10 +234,10 @@ class Pipeline:
             from synrank.data.readers import read_queries
 
             train_view = subset_collection(p.collection, read_queries(queries["train"]),
-                                           self.dir / "collections" / "annotate-train", self.cfg.evaluate.split)
-            out = self.dir / "annotate"
-            annotate(ann.model_copy(update={"collection": str(train_view), "out": str(out), "split": "test"}))
-            return {"qrels": str(out)}
+                                           self.dir.path("collections", "annotate-train"), self.cfg.evaluate.split)
+            out = self.dir.path("annotate")
+            annotate(ann.model_copy(update={"collection": train_view, "out": out, "split": "test"}))
+            return {"qrels": out}
 
         out = self._stage("annotate", fp, body)
         return out["qrels"], fp
@@ -264,10 +264,10 @@ class Pipeline:
             from synrank.data.groups import build_groups, write_groups
 
             table, stats = build_groups(cfg)
-            path = self.dir / "groups" / "groups.parquet"
-            write_groups(table, str(path), stats)
+            path = self.dir.path("groups", "groups.parquet")
+            write_groups(table, path, stats)
             log.info("groups: %d training groups from %s labels", table.num_rows, cfg.source)
-            return {"groups": str(path)}
+            return {"groups": path}
 
         return self._stage("groups", fp, body)["groups"], fp
 
@@ -279,8 +279,8 @@ class Pipeline:
             from synrank.train import fit
 
             # A crashed earlier attempt left checkpoints under train/: fit resumes from them.
-            result = fit(t, groups_path, str(self.dir / "train"))
-            return {"model": result.model_dir, "curve": str(self.dir / "train")}
+            result = fit(t, groups_path, self.dir.path("train"))
+            return {"model": result.model_dir, "curve": self.dir.path("train")}
 
         return self._stage("train", fp, body)["model"], fp
 
@@ -296,23 +296,24 @@ class Pipeline:
             summary: dict[str, dict[str, dict[str, float]]] = {}
             for system, model in systems.items():
                 encoder = self.cfg.train.encoder.model_copy(update={"model": model}) if system != "bm25" else None
-                results = evaluate_model(model, collections, str(self.dir / "evaluate" / system), split="test",
+                results = evaluate_model(model, collections, self.dir.path("evaluate", system), split="test",
                                          top_k=e.top_k, encoder_batch_size=e.batch_size, index=e.index,
                                          encoder=encoder, num_encoders=e.num_encoders)
                 summary[system] = {name: r["metrics"] for name, r in results.items()}
-            write_json(summary, self.dir / "evaluate" / "metrics.json")
-            return {"metrics": str(self.dir / "evaluate" / "metrics.json")}
+            write_json(summary, self.dir.path("evaluate", "metrics.json"))
+            return {"metrics": self.dir.path("evaluate", "metrics.json")}
 
         out = self._stage("evaluate", fp, body)
-        return json.loads(Path(out["metrics"]).read_text())
+        return storage.read_json(out["metrics"])
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> PipelineResult:
         from synrank.runtime import init_ray
 
         rt = self.cfg.runtime
-        init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory)
-        write_text(_config_yaml(self.cfg), self.dir / "config.yaml")
+        init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory,
+                 stall_warning_s=rt.stall_warning_s)
+        write_text(_config_yaml(self.cfg), self.dir.path("config.yaml"))
         queries, fp = self.split()
         generated: dict[str, str] = {}
         if self.cfg.groups.source in ("synthetic", "mixed") or not self.cfg.pipeline.collection:
@@ -322,14 +323,14 @@ class Pipeline:
         groups_path, fp = self.groups(queries, generated, llm_qrels, fp)
         model_dir, fp = self.train(groups_path, fp)
         if self.stop_after == "train":
-            return PipelineResult(str(self.dir.root), self.stages, {}, "")
+            return PipelineResult(self.dir.root, self.stages, {}, "")
         if not collections:
             raise PipelineError("nothing to evaluate: pipeline.test_fraction is 0 and evaluate.collections is empty")
         summary = self.evaluate(model_dir, collections, fingerprint(fp, fp_test))
         table = summary_table(summary)
-        write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary}, self.dir / "summary.json")
-        write_text(table + "\n", self.dir / "summary.md")
-        return PipelineResult(str(self.dir.root), self.stages, summary, table)
+        write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary}, self.dir.path("summary.json"))
+        write_text(table + "\n", self.dir.path("summary.md"))
+        return PipelineResult(self.dir.root, self.stages, summary, table)
 
 
 def _config_yaml(cfg: RunConfig) -> str:
@@ -338,19 +339,19 @@ def _config_yaml(cfg: RunConfig) -> str:
     return to_yaml(cfg)
 
 
-def subset_collection(collection: str, queries: pa.Table, out: Path, split: str) -> Path:
+def subset_collection(collection: str, queries: pa.Table, out: str, split: str) -> str:
     """A collection folder with only `queries` (and their qrels) of `collection`, as split `test`."""
     from synrank.data.readers import load_collection
 
     col = load_collection(collection, split)
     keep = pa.array(queries.column("query_id").to_pylist(), pa.string())
-    write_parquet(col.queries.filter(pc.is_in(col.queries.column("query_id"), keep)), out / "queries.parquet")
-    write_parquet(col.corpus, out / "corpus.parquet")
-    write_parquet(col.qrels.filter(pc.is_in(col.qrels.column("query_id"), keep)), out / "qrels-test.parquet")
+    write_parquet(col.queries.filter(pc.is_in(col.queries.column("query_id"), keep)), storage.join(out, "queries.parquet"))
+    write_parquet(col.corpus, storage.join(out, "corpus.parquet"))
+    write_parquet(col.qrels.filter(pc.is_in(col.qrels.column("query_id"), keep)), storage.join(out, "qrels-test.parquet"))
     return out
 
 
-def synthetic_collection(generated: dict[str, str], test_queries: pa.Table, out: Path) -> Path:
+def synthetic_collection(generated: dict[str, str], test_queries: pa.Table, out: str) -> str:
     """A graded test collection made of generated passages: the corpus is every generated passage
     (the train queries' passages are distractors), the qrels are each test query's own passages
     with their intended levels as grades."""
@@ -372,9 +373,9 @@ def synthetic_collection(generated: dict[str, str], test_queries: pa.Table, out:
         "grade": pc.cast(mine.column("level"), pa.int32()),
         "source": pa.array(["synthetic"] * mine.num_rows, pa.string()),
     }, schema=schemas.QRELS)
-    write_parquet(test_queries, out / "queries.parquet")
-    write_parquet(corpus, out / "corpus.parquet")
-    write_parquet(qrels, out / "qrels-test.parquet")
+    write_parquet(test_queries, storage.join(out, "queries.parquet"))
+    write_parquet(corpus, storage.join(out, "corpus.parquet"))
+    write_parquet(qrels, storage.join(out, "qrels-test.parquet"))
     return out
 
 

@@ -180,7 +180,7 @@ def test_default_nlist_has_enough_training_points():
 
 
 def test_embedding_shards_roundtrip(tmp_path):
-    from synrank.data.atomic import write_parquet
+    from synrank.storage import write_parquet
 
     x = _vectors(10, dim=8)
     ids = [f"d{i}" for i in range(10)]

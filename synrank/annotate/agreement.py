@@ -23,7 +23,6 @@ recall = P(LLM positive | human positive).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -184,7 +183,7 @@ class AgreementReport:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        from synrank.data.atomic import atomic_path, is_local
+        from synrank.storage import atomic_path
 
         m = self.confusion.astype(float)
         share = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -204,23 +203,17 @@ class AgreementReport:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of row")
         fig.tight_layout()
         try:
-            if is_local(path):
-                with atomic_path(path) as tmp:
-                    fig.savefig(tmp, format="png")
-            else:
-                import fsspec
-
-                with fsspec.open(path, "wb") as handle:
-                    fig.savefig(handle, format="png")
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png")
         finally:
             plt.close(fig)
         return path
 
     def write(self, out_dir: str, name: str = "agreement") -> dict[str, str]:
         """`out_dir/<name>.json`, `<name>.txt` and `<name>.png`; returns the paths."""
-        from synrank.data.atomic import write_json, write_text
+        from synrank.storage import join, write_json, write_text
 
-        base = out_dir.rstrip("/") + "/" + name
+        base = join(out_dir, name)
         write_json(_json_safe(self.as_dict()), base + ".json")
         write_text(self.format() + "\n", base + ".txt")
         self.plot(base + ".png")
@@ -309,7 +302,6 @@ def agreement(
 
 
 def report_from_json(path: str) -> dict[str, Any]:
-    import fsspec
+    from synrank.storage import read_json
 
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
-        return json.load(handle)
+    return read_json(path)

@@ -178,17 +178,13 @@ def _infer_levels(table, default: int = 4) -> int:
 def _llm_levels(path: str, table) -> int:
     """The judge's scale from an annotate folder's _summary.json (given the folder or its
     qrels.parquet), else from the grades (at least 4)."""
-    import os
-
-    import fsspec
-
+    from synrank import storage
     from synrank.annotate.pipeline import SUMMARY_FILE
 
     base = path.rstrip("/")
-    folder = base if not base.endswith(".parquet") else os.path.dirname(base)
+    folder = base if not base.endswith(".parquet") else storage.parent(base)
     try:
-        with fsspec.open(os.path.join(folder, SUMMARY_FILE), "r") as handle:
-            return int(json.load(handle)["n_levels"])
+        return int(storage.read_json(storage.join(folder, SUMMARY_FILE))["n_levels"])
     except (OSError, KeyError, ValueError, TypeError):
         return max(4, _infer_levels(table))
 
@@ -227,7 +223,7 @@ def _agreement(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from synrank.annotate.merge import merge_qrels
-    from synrank.data.atomic import write_json, write_parquet
+    from synrank.storage import write_json, write_parquet
 
     human, llm, hl, ll = _read_pair(args)
     merged, stats = merge_qrels(human, llm, precedence=args.precedence, human_fraction=args.human_fraction,
@@ -286,7 +282,7 @@ def _collection_agreement(cfg, qrels_path: str):
 
 def _consistency(args: argparse.Namespace) -> int:
     from synrank.annotate.consistency import filter_synthetic, run_consistency
-    from synrank.data.atomic import write_json, write_parquet
+    from synrank.storage import write_json, write_parquet
     from synrank.data.readers import collection_file, read_queries, read_table
 
     cfg, address = _config(args)

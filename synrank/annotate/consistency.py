@@ -78,7 +78,7 @@ class ConsistencyResult:
         return text
 
     def write(self, out_dir: str) -> dict[str, str]:
-        from synrank.data.atomic import write_json
+        from synrank.storage import write_json
 
         paths = self.report.write(out_dir, "_consistency")
         write_json(self.as_dict(), paths["json"])  # with the failures per level

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from synrank.data import readers, schemas
-from synrank.data.atomic import atomic_path, is_local
+from synrank import storage
+from synrank.storage import atomic_path
 from synrank.data.errors import DataError, DataWarning
 
 CORPUS_BATCH = 10_000
@@ -43,31 +42,9 @@ def qrels_name(split: str) -> str:
 
 
 def _stage(stack: contextlib.ExitStack, final: str) -> str:
-    """A local temporary path whose content lands on `final` when `stack` closes without error.
-
-    Local `final`: a temporary sibling renamed onto it (atomic_path). Remote: a local temporary
-    file uploaded at close. On error every staged file is removed and nothing is renamed/uploaded.
-    """
-    if is_local(final):
-        return stack.enter_context(atomic_path(final))
-    tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="synrank-convert-"))
-    local = os.path.join(tmpdir, final.rstrip("/").rsplit("/", 1)[-1])
-
-    stack.push(_Uploader(local, final))
-    return local
-
-
-class _Uploader:
-    """ExitStack callback: upload `local` to remote `final` only if the block succeeded."""
-
-    def __init__(self, local: str, final: str):
-        self.local, self.final = local, final
-
-    def __call__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            fs, p = fsspec.core.url_to_fs(self.final)
-            fs.put_file(self.local, p)
-        return False
+    """A local temporary path whose content lands on `final` when `stack` closes without error
+    (`storage.atomic_path`: a renamed sibling locally, one upload remotely); on error nothing lands."""
+    return stack.enter_context(atomic_path(final))
 
 
 def _write_table(table: pa.Table, tmp: str) -> None:
@@ -157,7 +134,7 @@ def convert(
             if kind not in ("queries", "corpus", "qrels"):
                 raise DataError(src, "cannot tell whether this file holds queries, corpus or qrels; pass --kind")
             name = qrels_name(split or "test") if kind == "qrels" else f"{kind}.parquet"
-            final = readers._join(dst, name)
+            final = storage.join(dst, name)
             if kind == "corpus":
                 counts["corpus"], _ = _write_corpus(src, _stage(stack, final), progress)
             else:
@@ -175,17 +152,17 @@ def convert(
         query_ids = doc_ids = None
         if queries_path is not None:
             queries = readers.read_queries(queries_path)
-            _write_table(queries, _stage(stack, readers._join(dst, "queries.parquet")))
-            written["queries"], counts["queries"] = readers._join(dst, "queries.parquet"), queries.num_rows
+            _write_table(queries, _stage(stack, storage.join(dst, "queries.parquet")))
+            written["queries"], counts["queries"] = storage.join(dst, "queries.parquet"), queries.num_rows
             query_ids = queries.column("query_id")
         if corpus_path is not None:
-            final = readers._join(dst, "corpus.parquet")
+            final = storage.join(dst, "corpus.parquet")
             counts["corpus"], doc_ids = _write_corpus(corpus_path, _stage(stack, final), progress)
             written["corpus"] = final
         for name in splits:
             located = readers._read_qrels_located(src, name, source)
             _check_qrels(located, query_ids, doc_ids, queries_path, corpus_path, notes)
-            final = readers._join(dst, qrels_name(name))
+            final = storage.join(dst, qrels_name(name))
             _write_table(located.table, _stage(stack, final))
             written[f"qrels-{name}"], counts[f"qrels-{name}"] = final, located.table.num_rows
     return {"written": written, "counts": counts, "warnings": notes}

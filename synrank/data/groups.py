@@ -40,9 +40,7 @@ is left out and counted.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -498,7 +496,7 @@ def build_groups(cfg: GroupsConfig) -> tuple[pa.Table, GroupStats]:
 
 def write_groups(table: pa.Table, path: str, stats: GroupStats | None = None) -> None:
     """Write groups Parquet atomically, and ``<path>.stats.json`` beside it when stats are given."""
-    from synrank.data.atomic import write_json, write_parquet
+    from synrank.storage import write_json, write_parquet
 
     write_parquet(schemas.conform(table, schemas.TRAINING_GROUPS, str(path)), path)
     if stats is not None:

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from synrank import storage
 from synrank.data import schemas
 from synrank.data.errors import DataError, DataWarning, MissingFileError
 
@@ -84,14 +85,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _fs(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(os.fspath(path))
-
-
-def _join(folder: str | os.PathLike, name: str) -> str:
-    text = os.fspath(folder)
-    if "://" in text:
-        return text.rstrip("/") + "/" + name
-    return os.path.join(text, name)
+    return storage.filesystem(path)
 
 
 def _exists(path: str) -> bool:
@@ -151,7 +145,7 @@ def collection_file(folder: str | os.PathLike, kind: str, split: str = "test") -
     qrels: qrels/<split>.tsv, qrels/<split>.parquet, qrels-<split>.parquet.
     """
     for pattern in FOLDER_FILES[kind]:
-        candidate = _join(folder, pattern.format(split=split))
+        candidate = storage.join(folder, pattern.format(split=split))
         if _exists(candidate):
             return candidate
     return None
@@ -169,7 +163,7 @@ def available_splits(path: str | os.PathLike) -> list[str]:
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         if name.startswith("qrels-") and name.endswith(".parquet"):
             splits.add(name[len("qrels-") : -len(".parquet")])
-    qrels_dir = _join(path, "qrels")
+    qrels_dir = storage.join(path, "qrels")
     if _isdir(qrels_dir):
         qfs, qp = _fs(qrels_dir)
         for entry in qfs.ls(qp, detail=False):
@@ -200,7 +194,7 @@ def guess_kind(path: str | os.PathLike) -> str | None:
 
 def _iter_lines(path: str, progress: Progress | None = None) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line without its line ending); strict UTF-8 per line."""
-    with fsspec.open(path, "rb", compression="infer") as handle:
+    with storage.open(path, "rb", compression="infer") as handle:
         for lineno, raw in enumerate(handle, 1):
             if progress is not None:
                 progress(len(raw))
@@ -305,7 +299,7 @@ class _Unique:
 def _parquet_dataset(path: str) -> pads.Dataset:
     fs, p = _fs(path)
     try:
-        if "://" in path and not path.startswith("file://"):
+        if not storage.is_local(path):
             return pads.dataset(p, filesystem=fs, format="parquet")
         return pads.dataset(p, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
@@ -424,7 +418,7 @@ def read_queries(path: str | os.PathLike, *, topic_field: str = "title", check_u
     if _isdir(path) and not _is_parquet(path):
         found = collection_file(path, "queries")
         if found is None:
-            raise MissingFileError(_join(path, "queries.jsonl"), "no queries file in the collection folder "
+            raise MissingFileError(storage.join(path, "queries.jsonl"), "no queries file in the collection folder "
                                    f"(looked for {', '.join(FOLDER_FILES['queries'])})")
         path = found
     if _is_parquet(path):
@@ -465,7 +459,7 @@ def _sniff_text_format(path: str, kind: str) -> str:
     suffix = _suffix(path)
     if suffix in _JSONL_SUFFIXES:
         return "jsonl"
-    with fsspec.open(path, "rb", compression="infer") as handle:
+    with storage.open(path, "rb", compression="infer") as handle:
         head = handle.read(4096)
     head = head[len(_UTF8_BOM):] if head.startswith(_UTF8_BOM) else head
     first = head.lstrip()[:1]
@@ -537,7 +531,7 @@ def _corpus_source(path: str) -> str:
     if _isdir(path) and not _is_parquet(path):
         found = collection_file(path, "corpus")
         if found is None:
-            raise MissingFileError(_join(path, "corpus.jsonl"), "no corpus file in the collection folder "
+            raise MissingFileError(storage.join(path, "corpus.jsonl"), "no corpus file in the collection folder "
                                    f"(looked for {', '.join(FOLDER_FILES['corpus'])})")
         return found
     return path
@@ -665,7 +659,7 @@ def _qrels_file(path: str, split: str) -> str:
         if found is None:
             splits = available_splits(path)
             hint = f"available splits: {splits}" if splits else "the folder has no qrels"
-            raise MissingFileError(_join(path, f"qrels/{split}.tsv"), f"no qrels for split {split!r} ({hint})")
+            raise MissingFileError(storage.join(path, f"qrels/{split}.tsv"), f"no qrels for split {split!r} ({hint})")
         return found
     return path
 
@@ -878,7 +872,7 @@ def load_collection(
     queries = read_queries(path)
     corpus_path = collection_file(path, "corpus")
     if corpus_path is None and require_corpus:
-        raise MissingFileError(_join(path, "corpus.jsonl"), "no corpus file in the collection folder (looked for "
+        raise MissingFileError(storage.join(path, "corpus.jsonl"), "no corpus file in the collection folder (looked for "
                                f"{', '.join(FOLDER_FILES['corpus'])}; pass require_corpus=False for a query set)")
     corpus = read_corpus(corpus_path) if corpus_path is not None else None
     collection = Collection(_collection_name(path), path, corpus, queries, None)

@@ -24,11 +24,11 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from synrank import storage
 from synrank.evaluate.metrics import MEASURES, PerQuery, evaluate_run, qrels_from_table
 from synrank.evaluate.runfile import read_run
 
@@ -114,31 +114,37 @@ def _load_qrels(collection: str, split: str) -> dict[str, dict[str, int]]:
     return qrels_from_table(readers.read_qrels(collection, split=split))
 
 
+def _is_file(path: str) -> bool:
+    return os.path.isfile(path) if storage.is_local(path) else storage.exists(path) and not storage.isdir(path)
+
+
 def load_system(item: str | Mapping, *, name: str | None = None, qrels: dict | None = None,
                 collection: str | None = None, split: str = "test", relevance_level: int = 1) -> System:
     """A run file, a metrics JSON, or an in-memory ``{qid: {measure: value}}`` as a System."""
     if isinstance(item, Mapping):
         return System(name or "system", "<memory>", {q: dict(v) for q, v in item.items()})
     path = os.fspath(item)
-    if not Path(path).is_file():
+    if not _is_file(path):
         raise FileNotFoundError(f"compare: {path}: no such run or metrics file")
     if _looks_like_json(path):
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(storage.read_text(path))
         except json.JSONDecodeError as exc:
             raise ValueError(f"compare: {path}: not valid JSON: {exc}") from None
         per_query = data.get("per_query") if isinstance(data, dict) else None
         if not isinstance(per_query, dict) or not per_query:
             raise ValueError(f"compare: {path}: a metrics JSON needs a non-empty 'per_query' mapping "
                              "(the metrics.json that `synrank evaluate` writes)")
-        label = data.get("name") or Path(path).parent.name
+        label = data.get("name") or storage.name(storage.parent(path))
         return System(name or label, path, {q: {m: float(v) for m, v in vals.items()} for q, vals in per_query.items()})
     if qrels is None:
         if collection is None:
             raise ValueError(f"compare: {path} is a run file: scoring it needs the collection's qrels (--collection DIR)")
         qrels = _load_qrels(collection, split)
     run = read_run(path)
-    return System(name or Path(path).stem, path, evaluate_run(qrels, run, relevance_level=relevance_level))
+    stem = storage.name(path)
+    return System(name or (stem.rsplit(".", 1)[0] if "." in stem[1:] else stem), path,
+                  evaluate_run(qrels, run, relevance_level=relevance_level))
 
 
 def _names(systems: list[System]) -> None:
@@ -148,7 +154,7 @@ def _names(systems: list[System]) -> None:
         counts[s.name] = counts.get(s.name, 0) + 1
     for s in systems:
         if counts[s.name] > 1 and s.source != "<memory>":
-            parent = Path(s.source).parent.name
+            parent = storage.name(storage.parent(s.source))
             s.name = f"{s.name}@{parent}" if parent else s.name
     seen: dict[str, int] = {}
     for s in systems:
@@ -193,7 +199,7 @@ def compare_runs(
     if len(items) < 2:
         raise ValueError("compare: give at least two runs or metrics files")
     qrels = None
-    needs_qrels = any(not isinstance(v, Mapping) and Path(os.fspath(v)).is_file() and not _looks_like_json(os.fspath(v))
+    needs_qrels = any(not isinstance(v, Mapping) and _is_file(os.fspath(v)) and not _looks_like_json(os.fspath(v))
                       for _, v in items)
     if needs_qrels and collection is not None:
         qrels = _load_qrels(collection, split)
@@ -248,15 +254,15 @@ def compare_runs(
     }
     result["table"] = format_table(result)
     if out_dir is not None:
-        from synrank.data.atomic import write_json, write_text
+        from synrank.storage import write_json, write_text
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        result["table_path"] = str(out / "compare.md")
-        result["json_path"] = str(out / "compare.json")
+        out = os.fspath(out_dir)
+        storage.makedirs(out)
+        result["table_path"] = storage.join(out, "compare.md")
+        result["json_path"] = storage.join(out, "compare.json")
         write_text(result["table"] + "\n", result["table_path"])
         if plot:
-            result["plot_path"] = str(out / "compare.png")
+            result["plot_path"] = storage.join(out, "compare.png")
             plot_differences(diffs, comparisons, base.name, result["plot_path"])
         write_json({k: v for k, v in result.items() if k != "table"}, result["json_path"])
     return result
@@ -273,7 +279,7 @@ def _baseline_index(loaded: list[System], items, baseline) -> int:
         if baseline in (s.name, s.source) or (items[i][0] is None and os.fspath(items[i][1]) == baseline):
             return i
     for i, s in enumerate(loaded):
-        if s.source != "<memory>" and Path(s.source).resolve() == Path(baseline).resolve():
+        if s.source != "<memory>" and storage.absolute(s.source) == storage.absolute(baseline):
             return i
     raise ValueError(f"compare: baseline {baseline!r} is none of the inputs: {', '.join(s.name for s in loaded)}")
 
@@ -336,6 +342,9 @@ def plot_differences(diffs: Mapping[tuple[str, str], np.ndarray], comparisons: l
             ax.set_xlabel(f"{len(d)} queries", fontsize=8)
     fig.suptitle(f"per-query differences to {baseline}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with storage.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path

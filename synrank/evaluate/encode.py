@@ -229,7 +229,10 @@ class _EncodeBatch:
             torch.set_num_threads(num_threads)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.encoder = BiEncoder.load(model, **overrides).to(device)
+        from synrank import storage
+
+        # `model` may be a URL (s3://...): each node loads its own cached copy.
+        self.encoder = BiEncoder.load(storage.local_copy(model), **overrides).to(device)
         self.encoder.eval()
         self.batch_size = batch_size
         self.emb_dirs = emb_dirs
@@ -239,7 +242,7 @@ class _EncodeBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import time
 
-        from synrank.data.atomic import write_parquet
+        from synrank.storage import join, write_parquet
         from synrank.encoder import format_passage
 
         keys = batch.column("collection").to_pylist()
@@ -260,7 +263,7 @@ class _EncodeBatch:
             vectors = self.encoder.encode(strings, kind, batch_size=self.batch_size)
             encode_s, encode_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
             group_ids = [ids[r] for r in rows]
-            path = f"{self.emb_dirs[key].rstrip('/')}/{kind}/{shard_name(group_ids)}"
+            path = join(self.emb_dirs[key], kind, shard_name(group_ids))
             write_parquet(embeddings_table(group_ids, vectors), path)
             out.append({"collection": key, "kind": kind, "path": path, "rows": len(rows), "actor": self.actor,
                         "init_s": self.init_s, "encode_s": encode_s, "init_cpu_s": self.init_cpu_s,
@@ -347,7 +350,7 @@ def encode_sources(
     """
     import ray
 
-    from synrank.runtime import cluster_resources
+    from synrank.runtime import cluster_resources, watch_progress
 
     resources = resources or cluster_resources()
     max_node_cpus = _max_node_cpus()
@@ -361,7 +364,7 @@ def encode_sources(
     emb_dirs = {s.key: s.emb_dir for s in sources}
 
     # Read tasks take no CPU slot (the encoders hold them all on a CPU-only cluster; reading is
-    # light). A local corpus is read on this node, by its node-id label: others may not see it.
+    # light), so the pool can take every CPU and its input still flows. A local corpus is read on this node, by its node-id label: others may not see it.
     read_args: dict[str, Any] = {"num_cpus": 0}
     if any(s.corpus_path and "://" not in s.corpus_path for s in sources):
         read_args["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
@@ -391,12 +394,14 @@ def encode_sources(
     shown = ctx.enable_progress_bars
     ctx.enable_progress_bars = progress
     try:
-        for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-            for key, kind, path, rows, actor, init_s, encode_s, init_cpu_s, encode_cpu_s, actor_cpu_s in zip(
-                    *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
-                result[key].shards[kind].append((path, rows))
-                if stats is not None:
-                    stats.add(actor, init_s, encode_s, rows, init_cpu_s, encode_cpu_s, actor_cpu_s)
+        with watch_progress(f"evaluation encoding: {plan.describe()}") as watch:
+            for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+                watch.tick()
+                for key, kind, path, rows, actor, init_s, encode_s, init_cpu_s, encode_cpu_s, actor_cpu_s in zip(
+                        *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
+                    result[key].shards[kind].append((path, rows))
+                    if stats is not None:
+                        stats.add(actor, init_s, encode_s, rows, init_cpu_s, encode_cpu_s, actor_cpu_s)
     finally:
         ctx.enable_progress_bars = shown
     return result
@@ -404,10 +409,10 @@ def encode_sources(
 
 def read_shards(paths: list[str], batch_rows: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, float32 [n, dim]) chunks from embedding shards, one shard's row group at a time."""
-    import fsspec
+    from synrank import storage
 
     for path in paths:
-        with fsspec.open(path, "rb") as handle:
+        with storage.open(path, "rb") as handle:
             reader = pq.ParquetFile(handle)
             for batch in reader.iter_batches(batch_size=batch_rows, columns=["id", "embedding"]):
                 emb = batch.column(1)

@@ -18,9 +18,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import fsspec
 
-from synrank.data.atomic import atomic_path, is_local
+from synrank import storage
 from synrank.data.errors import DataError, MissingFileError
 
 Run = dict[str, dict[str, float]]
@@ -52,12 +51,8 @@ def format_run(run: Mapping[str, Mapping[str, float]], tag: str = "synrank") -> 
 def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "synrank") -> str:
     """Write `run` as a TREC run file, atomically (the file appears complete or not at all)."""
     path = os.fspath(path)
-    if is_local(path):
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            handle.writelines(format_run(run, tag))
-    else:
-        with fsspec.open(path, "w", encoding="utf-8") as handle:
-            handle.writelines(format_run(run, tag))
+    with storage.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(format_run(run, tag))
     return path
 
 
@@ -70,11 +65,11 @@ def read_run(path: str | os.PathLike, *, strict: bool = False) -> Run:
     a query and for scores that increase as the rank grows (see `check_run`).
     """
     path = os.fspath(path)
-    if is_local(path) and not Path(path).is_file():
+    if storage.is_local(path) and not Path(path).is_file():
         raise MissingFileError(path, "no such run file")
     run: Run = {}
     last: dict[str, tuple[int, float]] = {}
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
+    with storage.open(path, "r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -120,7 +115,7 @@ def check_run(path: str | os.PathLike) -> list[str]:
     state: dict[str, tuple[int, float, set[str]]] = {}
     finished: set[str] = set()
     current: str | None = None
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
+    with storage.open(path, "r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
             parts = line.split()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synrank.config import EncoderConfig, EvaluateConfig
-from synrank.data.atomic import is_local, write_json, write_text
+from synrank import storage
+from synrank.storage import write_json, write_text
 from synrank.data.errors import DataError, DataWarning, MissingFileError
 from synrank.evaluate.bm25 import BM25_NAME, BM25Retriever
 from synrank.evaluate.index import DenseIndex, IndexOptions, results_to_run
@@ -134,7 +134,7 @@ def prepare_collection(path: str, split: str = "test", name: str | None = None) 
               f"(e.g. {no_doc[0]!r}); they score 0")
 
     return PreparedCollection(
-        name=name or Path(path.rstrip("/")).name or path,
+        name=name or storage.name(path) or path,
         path=path,
         split=split,
         corpus_path=corpus_path,
@@ -146,9 +146,15 @@ def prepare_collection(path: str, split: str = "test", name: str | None = None) 
     )
 
 
+def _parts(path: str) -> tuple[str, ...]:
+    if storage.is_local(path):
+        return Path(path.rstrip("/")).parts or (path,)
+    return tuple(x for x in path.split("://", 1)[1].split("/") if x) or (path,)
+
+
 def unique_names(paths: list[str]) -> list[str]:
     """Collection names for output folders: the folder name, with parents added on a clash."""
-    parts = [Path(os.fspath(p).rstrip("/")).parts or (os.fspath(p),) for p in paths]
+    parts = [_parts(os.fspath(p)) for p in paths]
     depth = {i: 1 for i in range(len(paths))}
     while True:
         names = ["__".join(parts[i][-depth[i]:]) for i in range(len(paths))]
@@ -182,7 +188,7 @@ def model_label(model: str) -> str:
         return BM25_NAME
     if model in (DEFAULT, DEFAULT_ENCODER_NAME):
         return DEFAULT_ENCODER_NAME.rsplit("/", 1)[-1]
-    return Path(model.rstrip("/")).name or model
+    return storage.name(model) or model
 
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -250,18 +256,7 @@ def _progress(total: int | None, desc: str, enabled: bool) -> Callable[[int], No
 
 
 def _rmtree(path: str) -> None:
-    if is_local(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:  # pragma: no cover - remote stores
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if not is_local(base) else str(Path(base, *parts))
+    storage.remove(path)
 
 
 def evaluate(
@@ -282,6 +277,9 @@ def evaluate(
     model = config.model
     bm25 = is_bm25(model)
     model_path = None if bm25 else check_encoder(model)
+    # Encoder actors may run on other nodes: a remote model goes to them as its URL (each node
+    # makes its own local copy); a local one as the resolved path.
+    actor_model = model if not bm25 and not storage.is_local(model) else model_path
     names = unique_names(config.collections)
     started = time.perf_counter()
     prepared = [prepare_collection(p, config.split, n) for p, n in zip(config.collections, names)]
@@ -313,7 +311,7 @@ def evaluate(
         resources = init_ray(address)
         sources = []
         for col in prepared:
-            emb_dir = _join(out, col.name, "embeddings")
+            emb_dir = storage.join(out, col.name, "embeddings")
             _rmtree(emb_dir)
             sources.append(EncodeSource(col.name, emb_dir, col.query_ids, col.query_texts, col.corpus_path, col.num_docs))
         total_docs = sum(c.num_docs for c in prepared)
@@ -321,7 +319,7 @@ def evaluate(
                  total_docs, len(prepared), label)
         t0 = time.perf_counter()
         stats = EncodeStats()
-        shards = encode_sources(sources, model_path, overrides=overrides, batch_size=config.batch_size,
+        shards = encode_sources(sources, actor_model, overrides=overrides, batch_size=config.batch_size,
                                 num_encoders=config.num_encoders, resources=resources, progress=progress,
                                 stats=stats)
         encode_s = time.perf_counter() - t0
@@ -345,20 +343,20 @@ def evaluate(
             t3 = time.perf_counter()
             del index
             if not keep_embeddings:
-                _rmtree(_join(out, col.name, "embeddings"))
+                _rmtree(storage.join(out, col.name, "embeddings"))
             extra = {**settings, "encoder": overrides, "model_path": model_path, "index": options.kind}
             results[col.name] = _finish(col, run, out, label, extra,
                                         {"encode_s_all_collections": encode_s, "encoder_actors": stats.as_dict(),
                                          "index_s": t2 - t1, "search_s": t3 - t2},
                                         relevance_level)
     summary = summary_table(results)
-    write_text(summary + "\n", _join(out, "summary.md"))
+    write_text(summary + "\n", storage.join(out, "summary.md"))
     write_json({"model": model, "label": label, "split": config.split, "top_k": config.top_k,
                 "seconds": time.perf_counter() - started,
                 "collections": {n: {"metrics": r["metrics"], "num_queries": r["num_queries"], "num_docs": r["num_docs"],
                                     "metrics_path": r["metrics_path"], "run_path": r["run_path"]}
                                 for n, r in results.items()}},
-               _join(out, "summary.json"))
+               storage.join(out, "summary.json"))
     log.debug("%s on %d collection(s):\n%s", label, len(results), summary)
     return results
 
@@ -369,8 +367,8 @@ def _finish(col: PreparedCollection, run, out: str, label: str, settings: dict, 
     per_query = evaluate_run(col.qrels, run, relevance_level=relevance_level)
     metrics = mean_metrics(per_query, MEASURES)
     timings = {**timings, "metrics_s": time.perf_counter() - t0}
-    run_path = _join(out, col.name, RUN_FILE)
-    metrics_path = _join(out, col.name, METRICS_FILE)
+    run_path = storage.join(out, col.name, RUN_FILE)
+    metrics_path = storage.join(out, col.name, METRICS_FILE)
     write_run(run, run_path, tag=label)
     write_json({
         "collection": col.name, "collection_path": col.path, "split": col.split, "name": label,

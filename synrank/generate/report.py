@@ -13,7 +13,6 @@ are written for another query, so they lower the similarity by construction;
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any
@@ -25,52 +24,41 @@ log = logging.getLogger(__name__)
 
 
 def _read_parts(out: str, n_shards: int) -> pa.Table:
-    import fsspec
-    import pyarrow.parquet as pq
-
+    from synrank import storage
     from synrank.data import schemas
     from synrank.generate.pipeline import part_path
 
     tables = []
     for s in range(n_shards):
         path = part_path(out, s)
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            with fs.open(p, "rb") as handle:
-                tables.append(pq.read_table(handle).replace_schema_metadata(None))
+        if storage.exists(path):
+            tables.append(storage.read_parquet(path).replace_schema_metadata(None))
     if not tables:
         return schemas.SYNTHETIC_PASSAGES.empty_table()
     return pa.concat_tables(tables)
 
 
 def _read_errors(out: str, n_shards: int) -> pa.Table:
-    import fsspec
-    import pyarrow.parquet as pq
-
+    from synrank import storage
     from synrank.generate.pipeline import ERRORS, errors_path, part_path
 
     tables = []
     for s in range(n_shards):
-        fs, p = fsspec.core.url_to_fs(errors_path(out, s))
-        done = fsspec.core.url_to_fs(part_path(out, s))
-        if fs.exists(p) and done[0].exists(done[1]):  # errors of unfinished shards are not final
-            with fs.open(p, "rb") as handle:
-                tables.append(pq.read_table(handle))
+        path = errors_path(out, s)
+        if storage.exists(path) and storage.exists(part_path(out, s)):  # errors of unfinished shards are not final
+            tables.append(storage.read_parquet(path))
     return pa.concat_tables(tables) if tables else ERRORS.empty_table()
 
 
 def _read_stats(out: str, n_shards: int) -> list[dict[str, Any]]:
-    import fsspec
-
+    from synrank import storage
     from synrank.generate.pipeline import stats_path
 
     found = []
     for s in range(n_shards):
         path = stats_path(out, s)
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            with fsspec.open(path, "r", encoding="utf-8") as handle:
-                found.append(json.load(handle))
+        if storage.exists(path):
+            found.append(storage.read_json(path))
     return found
 
 
@@ -139,7 +127,7 @@ def level_fidelity(passages: pa.Table, query_texts: dict[str, str], *, swapped_l
 
 def build_report(out: str, plan: Any, settings: Any, run: dict[str, Any], *, fidelity_queries: int = 500,
                  config: Any = None, encoder: Any = None) -> dict[str, Any]:
-    from synrank.data.atomic import write_parquet
+    from synrank.storage import write_parquet
 
     n_shards = len(plan.tasks)
     passages = _read_parts(out, n_shards)
@@ -213,10 +201,10 @@ def build_report(out: str, plan: Any, settings: Any, run: dict[str, Any], *, fid
 
 
 def write_report(out: str, report: dict[str, Any]) -> None:
-    from synrank.data.atomic import write_json
     from synrank.generate.pipeline import REPORT
+    from synrank.storage import join, write_json
 
-    write_json(report, f"{out.rstrip('/')}/{REPORT}")
+    write_json(report, join(out, REPORT))
 
 
 def _fmt(v: Any) -> str:

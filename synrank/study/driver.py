@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -130,8 +129,6 @@ def _trainable(study: StudyConfig, views: dict[str, list[dict[str, Any]]]):
 
 
 def _scheduler_and_searcher(study: StudyConfig, concurrency: int):
-    from ray import tune
-
     metric, mode = study.dev_measure_key, "max"
     kwargs: dict[str, Any] = {}
     if study.asha.enabled:
@@ -180,7 +177,7 @@ def ensure_synthetic(study: StudyConfig, store: StudyStore, address: str | None)
 
     A finished generation leaves its report (``_report.json``); then nothing is generated. A missing
     or interrupted one is (re)started and resumes at the first unfinished shard."""
-    from synrank.data.atomic import exists
+    from synrank.storage import exists
     from synrank.study.store import join
 
     g = study.base.groups
@@ -227,15 +224,20 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
 
     concurrency = max_concurrent(study, resources.num_cpus, resources.num_gpus)
     trainable = _trainable(study, views)
+    from synrank.train.trainer import ray_storage
+
     tune_dir = store.tune_dir
+    tune_storage = ray_storage(store.tune_storage)
+    fs_arg = {k: v for k, v in tune_storage.items() if k == "storage_filesystem"}
+    tune_path = ray_storage(tune_dir)["storage_path"]  # the path inside fs_arg's filesystem
     restored = False
-    if not fresh and tune.Tuner.can_restore(tune_dir):
+    if not fresh and tune.Tuner.can_restore(tune_path, **fs_arg):
         log.info("resuming the Tune experiment in %s", tune_dir)
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=retry_failed)
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=retry_failed, **fs_arg)
         restored = True
     else:
-        if fresh and tune.Tuner.can_restore(tune_dir):
+        if fresh and tune.Tuner.can_restore(tune_path, **fs_arg):
             old = f"{tune_dir}.{int(time.time())}"
             log.info("--fresh: moving the old Tune experiment to %s", old)
             _move(tune_dir, old)
@@ -251,7 +253,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
                                         reuse_actors=False,  # a trial's actor owns its Train run: never reuse
                                         trial_dirname_creator=_trial_dirname(study),
                                         trial_name_creator=_trial_dirname(study), **extra),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=store.tune_storage,
+            run_config=tune.RunConfig(name=EXPERIMENT, **tune_storage,
                                       failure_config=tune.FailureConfig(max_failures=study.trial_retries,
                                                                         fail_fast=False),
                                       verbose=1),
@@ -271,10 +273,10 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
 
 
 def _move(src: str, dst: str) -> None:
-    import fsspec
+    from synrank import storage
 
-    fs, p = fsspec.core.url_to_fs(src)
-    _, q = fsspec.core.url_to_fs(dst)
+    fs, p = storage.filesystem(src)
+    _, q = storage.filesystem(dst)
     fs.mv(p, q, recursive=True)
 
 

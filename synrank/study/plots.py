@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -32,20 +30,14 @@ def _plt():
 
 
 def _save(fig, store: StudyStore, name: str) -> str:
-    path = store.path("report", "plots", name)
-    if store.local:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    else:
-        import fsspec
+    from synrank import storage
 
-        with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
-            fig.savefig(tmp.name, dpi=120, bbox_inches="tight")
-            with open(tmp.name, "rb") as src, fsspec.open(path, "wb") as dst:
-                dst.write(src.read())
-    _plt().close(fig)
+    path = store.path("report", "plots", name)
+    try:
+        with storage.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -113,7 +111,7 @@ def cache_key(spec: str, views: list, top_k: int, encoder: dict[str, Any] | None
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _evaluate(spec: str, views: list, work: str, study: StudyConfig) -> dict[str, dict[str, Any]]:
+def _evaluate(spec: str, views: list, work: str, study: StudyConfig, model_url: str) -> dict[str, dict[str, Any]]:
     from synrank.config import EncoderConfig
     from synrank.encoder import BiEncoder
     from synrank.study.trial import evaluate_local, evaluate_stage
@@ -122,7 +120,9 @@ def _evaluate(spec: str, views: list, work: str, study: StudyConfig) -> dict[str
     if _is_bm25(spec):
         return evaluate_stage(spec, by_part, work, study, num_encoders=max(1, study.base.train.num_workers))[PART]
     # Exported with the study's encoder settings, then scored exactly as a trial's model is.
-    model_dir = str(BiEncoder(EncoderConfig(**encoder_settings(spec, study))).save(os.path.join(os.path.dirname(work), "model")))
+    from synrank.train.export import save_encoder
+
+    model_dir = save_encoder(BiEncoder(EncoderConfig(**encoder_settings(spec, study))), model_url)
     if study.evaluation == "stage":
         return evaluate_stage(model_dir, by_part, work, study, num_encoders=max(1, study.base.train.num_workers))[PART]
     return evaluate_local(model_dir, by_part, work, study.top_k, threads=max(1, os.cpu_count() or 1))[PART]
@@ -145,14 +145,15 @@ def ensure_reference(store: StudyStore, study: StudyConfig, spec: str, views: li
                                  cached.get("num_queries", {}).get(PART, {}))
             log.info("evaluating the reference %s on %d test view(s)", spec, len(views))
             t0 = time.perf_counter()
-            work = tempfile.mkdtemp(prefix=f"synrank-reference-{name[:40]}-")
+            # In the study's storage, not a node-local temp dir: encoder actors may run on other nodes.
+            eval_dir, model_dir = store.path("references", name, "eval"), store.path("references", name, "model")
+            store.remove(eval_dir)
             try:
-                evals = _evaluate(spec, views, os.path.join(work, "eval"), study)
+                evals = _evaluate(spec, views, eval_dir, study, model_dir)
                 for coll, r in evals.items():
                     store.write_json(r["per_query"], store.path("references", name, "per_query", PART, f"{coll}.json"))
-                store.upload_dir(os.path.join(work, "eval"), store.path("references", name, "eval"))
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                store.remove(model_dir)
             metrics = {coll: r["metrics"] for coll, r in evals.items()}
             num_queries = {coll: r["num_queries"] for coll, r in evals.items()}
             store.write_json({"status": "completed", "model": spec, "label": label, "key": key, "top_k": study.top_k,

@@ -106,10 +106,9 @@ def load_trials(store: StudyStore) -> list[Trial]:
         if status == "failed" and not error:
             with_error = store.trial_file(tid, "error.txt")
             if store.exists(with_error):
-                import fsspec
+                from synrank import storage
 
-                with fsspec.open(with_error, "r", encoding="utf-8") as handle:
-                    error = handle.read()
+                error = storage.read_text(with_error)
         history = (store.read_json_or(store.trial_file(tid, HISTORY)) or {}).get("steps", [])
         trials.append(Trial(tid, meta["config_id"], meta["axes"], int(meta["seed"]), status, error, result, history,
                             status_file.get("last_metrics")))
@@ -653,7 +652,7 @@ def write_report(study_dir: str, study: StudyConfig | None = None) -> dict[str, 
     store.write_text(_csv(tables.rows + tables.reference_rows, tables.fieldnames), paths["csv"])
     store.write_text(trials_csv(trials), paths["trials_csv"])
     store.write_text(md, paths["markdown"])
-    paths.update({f"plot:{os.path.basename(p)}": p for p in plot_files.values()})
+    paths.update({f"plot:{p.rstrip('/').rsplit('/', 1)[-1]}": p for p in plot_files.values()})
     log.info("report: %s", paths["markdown"])
     return paths
 
@@ -664,11 +663,11 @@ def load_saved_study(store: StudyStore, overrides: list[str] | None = None) -> S
 
     if not store.exists(store.config_path):
         raise FileNotFoundError(f"{store.root}: not a study directory (no study.yaml)")
-    import fsspec
     import yaml
 
-    with fsspec.open(store.config_path, "r", encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+    from synrank import storage
+
+    data = yaml.safe_load(storage.read_text(store.config_path)) or {}
     where = store.config_path
     if overrides:
         data = apply_overrides(data, overrides)

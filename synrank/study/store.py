@@ -23,29 +23,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import posixpath
-import shutil
-from pathlib import Path
 from typing import Any
 
-import fsspec
-
-from synrank.data.atomic import exists, is_local, write_json, write_text
+from synrank import storage
+from synrank.storage import exists, is_local, write_json, write_text
 
 
 def join(base: str, *parts: str) -> str:
-    if is_local(base):
-        return str(Path(base.removeprefix("file://")).joinpath(*parts))
-    return posixpath.join(base.rstrip("/"), *parts)
+    return storage.join(base, *parts)
 
 
 class StudyStore:
     def __init__(self, study_dir: str) -> None:
-        if is_local(study_dir):
-            study_dir = str(Path(study_dir.removeprefix("file://")).expanduser().resolve())
-        self.root = study_dir
+        self.root = storage.absolute(study_dir)
 
     @property
     def local(self) -> bool:
@@ -92,8 +82,7 @@ class StudyStore:
         return exists(path)
 
     def read_json(self, path: str) -> Any:
-        with fsspec.open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
+        return storage.read_json(path)
 
     def read_json_or(self, path: str, default: Any = None) -> Any:
         try:
@@ -110,31 +99,14 @@ class StudyStore:
     def trial_ids(self) -> list[str]:
         """Trial directories present (sorted)."""
         root = self.path("trials")
-        fs, p = fsspec.core.url_to_fs(root)
-        if not fs.exists(p):
-            return []
-        return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False) if fs.isdir(x))
+        return [n for n in storage.listdir(root) if storage.isdir(join(root, n))]
 
     def upload_dir(self, local_dir: str, dest: str) -> None:
         """Copy a local directory to `dest` (replacing it)."""
-        if is_local(dest):
-            target = Path(dest.removeprefix("file://"))
-            if target.resolve() == Path(local_dir).resolve():
-                return
-            shutil.rmtree(target, ignore_errors=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(local_dir, target)
-        else:
-            fs, p = fsspec.core.url_to_fs(dest)
-            if fs.exists(p):
-                fs.rm(p, recursive=True)
-            fs.put(local_dir.rstrip("/") + "/", p, recursive=True)
+        storage.upload_dir(local_dir, dest)
 
     def remove(self, path: str) -> None:
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
+        storage.remove(path)
 
     def ensure_dir(self, path: str) -> None:
-        if is_local(path):
-            os.makedirs(path.removeprefix("file://"), exist_ok=True)
+        storage.makedirs(path)

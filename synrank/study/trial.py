@@ -30,14 +30,14 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
 import traceback
 from typing import Any
 
+from synrank import storage
 from synrank.config import GroupsConfig, RunConfig, TrainConfig
+from synrank.storage import join
 from synrank.study.collections import View, quick_evaluate
 from synrank.study.config import StudyConfig
 from synrank.study.space import TrialSpec
@@ -131,6 +131,7 @@ def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, 
     from ray.util.queue import Queue
 
     from synrank.train.loop import train_loop_per_worker
+    from synrank.train.trainer import ray_storage
 
     queue = Queue(actor_options={"num_cpus": 0})
     resources = {"CPU": train.cpus_per_worker}
@@ -144,7 +145,7 @@ def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, 
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=spec.trial_id,
-            storage_path=store.train_storage,
+            **ray_storage(store.train_storage),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
             callbacks=[_callback_class()(queue)],
@@ -221,7 +222,7 @@ def evaluate_stage(model_dir: str, views: dict[str, list[View]], out_dir: str, s
                 wanted[v.split].append(v.path)
     raw: dict[tuple[str, str], dict[str, Any]] = {}
     for split, paths in wanted.items():
-        got = evaluate_model(model_dir, paths, os.path.join(out_dir, split), split=split, top_k=study.top_k,
+        got = evaluate_model(model_dir, paths, join(out_dir, split), split=split, top_k=study.top_k,
                              num_encoders=num_encoders, progress=False)
         for path, name in zip(paths, unique_names(paths)):
             raw[(split, path)] = got[name]
@@ -243,7 +244,7 @@ def evaluate_local(model_dir: str, views: dict[str, list[View]], out_dir: str, t
     evaluation stage's measures; ``run.trec`` and ``metrics.json`` per view as the stage writes them."""
     import torch
 
-    from synrank.data.atomic import write_json
+    from synrank.storage import write_json
     from synrank.encoder import BiEncoder
     from synrank.evaluate.metrics import MEASURES, mean_metrics
     from synrank.evaluate.runfile import write_run
@@ -258,9 +259,9 @@ def evaluate_local(model_dir: str, views: dict[str, list[View]], out_dir: str, t
             t0 = time.perf_counter()
             run, per_query = search(encoder, v, list(MEASURES), top_k, corpus_cache)
             metrics = mean_metrics(per_query, MEASURES)
-            base = os.path.join(out_dir, part, v.key)
-            run_path = write_run(run, os.path.join(base, "run.trec"), tag=os.path.basename(model_dir.rstrip("/")))
-            metrics_path = os.path.join(base, "metrics.json")
+            base = join(out_dir, part, v.key)
+            run_path = write_run(run, join(base, "run.trec"), tag=storage.name(model_dir))
+            metrics_path = join(base, "metrics.json")
             write_json({"collection": v.key, "collection_path": v.path, "split": v.split,
                         "num_queries": len(per_query), "measures": list(MEASURES), "metrics": metrics,
                         "per_query": per_query, "run_path": run_path, "top_k": top_k,
@@ -341,9 +342,10 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
     groups_path = ensure_groups(run.groups, store)
     t_groups = time.perf_counter() - t_start
 
-    work = tempfile.mkdtemp(prefix=f"synrank-trial-{spec.trial_id[:40]}-")
-    fault_dir = tdir if store.local else work
-    train = _train_config(run, study_cfg, spec, groups_path, work)
+    # Everything the trial makes lives under its storage URL, never in a node-local temp dir:
+    # evaluation actors on other nodes read the exported model from there.
+    fault_dir = tdir
+    train = _train_config(run, study_cfg, spec, groups_path, tdir)
     dev_views = resolved.get("dev", [])
     dev_key = f"dev/{measure}"
     state = {"dev_evals": 0, "dev": {dev_key: math.nan}, "dev_history": []}
@@ -376,8 +378,9 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
 
         t0 = time.perf_counter()
         with result.checkpoint.as_directory() as ckpt:
-            model_dir = export_model(ckpt, train, work)
-        eval_dir = os.path.join(work, "eval")
+            model_dir = export_model(ckpt, train, tdir)  # <trial>/model
+        eval_dir = store.trial_file(spec.trial_id, "eval")
+        store.remove(eval_dir)  # a retried trial starts clean
         evals = evaluate_views(model_dir, resolved, eval_dir, study_cfg, num_encoders=max(1, train.num_workers),
                                threads=train.num_workers * train.cpus_per_worker)
         t_eval = time.perf_counter() - t0
@@ -385,9 +388,8 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
         for part, colls in evals.items():
             for key, r in colls.items():
                 store.write_json(r["per_query"], store.trial_file(spec.trial_id, "per_query", part, f"{key}.json"))
-        store.upload_dir(eval_dir, store.trial_file(spec.trial_id, "eval"))
-        if study_cfg.keep_models:
-            store.upload_dir(model_dir, store.trial_file(spec.trial_id, "model"))
+        if not study_cfg.keep_models:
+            store.remove(model_dir)
         flat = flat_metrics(evals, measure)
         if dev_views:
             state["dev_evals"] += 1
@@ -401,11 +403,8 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
                              "total": time.perf_counter() - t_start}}
         store.write_json(final, store.trial_file(spec.trial_id, RESULT))
         if not study_cfg.keep_checkpoints:
-            store.remove(os.path.join(store.train_storage, spec.trial_id)
-                         if store.local else f"{store.train_storage}/{spec.trial_id}")
+            store.remove(join(store.train_storage, spec.trial_id))
     except Exception:
         store.write_text(traceback.format_exc(), store.trial_file(spec.trial_id, "error.txt"))
         raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     _tune_report({**flat, "trial_id_study": spec.trial_id, "dev_evals": state["dev_evals"], "reused": 0})

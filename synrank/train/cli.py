@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from synrank import storage
 from synrank.config import RunConfig, load, to_yaml
 
 
@@ -59,7 +59,7 @@ def _build_groups(run: RunConfig, out: str) -> str:
 
 def _groups(args: argparse.Namespace) -> int:
     run = _load(args)
-    out = run.groups.out or os.path.join(run.run_dir, "groups.parquet")
+    out = run.groups.out or storage.join(run.run_dir, "groups.parquet")
     _build_groups(run, out)
     return 0
 
@@ -67,7 +67,7 @@ def _groups(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     run = _load(args)
     cfg = run.train
-    out = cfg.out or os.path.join(run.run_dir, "train")
+    out = cfg.out or storage.join(run.run_dir, "train")
     groups = cfg.groups
     if args.dry_run:
         print(to_yaml(cfg.model_copy(update={"out": out, "groups": groups})), end="")
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
         if not has_source:
             raise ValueError("no training groups: set train.groups (a groups Parquet), or describe them in the "
                              "groups section (groups.source with groups.synthetic / groups.collection)")
-        groups = _build_groups(run, run.groups.out or os.path.join(out, "groups.parquet"))
+        groups = _build_groups(run, run.groups.out or storage.join(out, "groups.parquet"))
 
     from synrank.runtime import init_ray
     from synrank.train.trainer import fit

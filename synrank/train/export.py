@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import tempfile
 from typing import Any, Sequence
 
 import torch
 
+from synrank import storage
 from synrank.config import TrainConfig, to_yaml
-from synrank.data.atomic import write_json, write_text
+from synrank.storage import write_json, write_text
 
 MODEL_DIR = "model"
 CONFIG_FILE = "train_config.yaml"
@@ -33,13 +34,23 @@ def export_model(checkpoint_dir: str, config: TrainConfig, out_dir: str) -> str:
     encoder = BiEncoder(config.encoder)
     state = torch.load(os.path.join(checkpoint_dir, MODEL_FILE), map_location="cpu")
     encoder.load_state_dict(state)
-    target = Path(out_dir) / MODEL_DIR
-    encoder.save(target)
-    return str(target)
+    return save_encoder(encoder, storage.join(out_dir, MODEL_DIR))
+
+
+def save_encoder(encoder, url: str) -> str:
+    """``encoder.save`` to a local path or URL; remote: written locally, then uploaded (readers on
+    other nodes get it with ``storage.local_copy``)."""
+    if storage.is_local(url):
+        encoder.save(url)
+        return url
+    with tempfile.TemporaryDirectory(prefix="synrank-export-") as tmp:
+        encoder.save(tmp)
+        storage.upload_dir(tmp, url)
+    return url
 
 
 def write_config(config: TrainConfig, out_dir: str) -> str:
-    path = str(Path(out_dir) / CONFIG_FILE)
+    path = storage.join(out_dir, CONFIG_FILE)
     write_text(to_yaml(config), path)
     return path
 
@@ -52,8 +63,8 @@ def write_curve(history: Sequence[dict[str, Any]], out_dir: str, title: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    json_path = str(Path(out_dir) / CURVE_JSON)
-    png_path = str(Path(out_dir) / CURVE_PNG)
+    json_path = storage.join(out_dir, CURVE_JSON)
+    png_path = storage.join(out_dir, CURVE_PNG)
     write_json({"steps": list(history)}, json_path)
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -69,8 +80,9 @@ def write_curve(history: Sequence[dict[str, Any]], out_dir: str, title: str = ""
         ax2.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(title or "training curve")
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with storage.atomic_path(png_path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return json_path, png_path

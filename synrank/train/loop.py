@@ -302,7 +302,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def _fault_marker(out_dir: str | None, step: int) -> str | None:
-    return os.path.join(out_dir, f".fault_injected_at_{step}") if out_dir else None
+    from synrank import storage
+
+    return storage.join(out_dir, f".fault_injected_at_{step}") if out_dir else None
+
+
+def _exists(url: str) -> bool:
+    from synrank import storage
+
+    return storage.exists(url)
 
 
 def _inject_fault(marker: str, rank: int, world: int, step: int) -> None:
@@ -317,8 +325,9 @@ def _inject_fault(marker: str, rank: int, world: int, step: int) -> None:
     if rank != world - 1:
         return
     time.sleep(float(os.environ.get("SYNRANK_FAULT_DELAY_S", "3")))
-    Path(marker).parent.mkdir(parents=True, exist_ok=True)
-    Path(marker).write_text(f"worker {rank} failed at step {step}\n")
+    from synrank import storage
+
+    storage.write_text(f"worker {rank} failed at step {step}\n", marker)
     raise InjectedFault(f"test fault: worker {rank} fails at step {step} (fail_at_step)")
 
 
@@ -383,7 +392,7 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
 
     while state.step < total:
         if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
-                and not os.path.exists(fault_marker)):
+                and not _exists(fault_marker)):
             _inject_fault(fault_marker, rank, world, state.step + 1)
 
         t0 = time.perf_counter()

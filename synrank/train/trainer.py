@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from synrank import storage
 from synrank.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -46,22 +47,28 @@ class TrainResult:
 
 
 def _abs(path: str) -> str:
-    return path if "://" in str(path) else os.path.abspath(os.fspath(path))
+    return storage.absolute(path)
+
+
+def ray_storage(url: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments for `url`: a local absolute path, or for a remote URL its
+    path with the pyarrow filesystem that reaches it (same credentials and endpoint as storage)."""
+    if storage.is_local(url):
+        return {"storage_path": storage.absolute(url)}
+    fs, path = storage.pyarrow_filesystem(url)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def groups_shape(groups_path: str) -> tuple[int, int]:
     """(number of groups, largest group) from the grades column only (no texts in the driver)."""
-    import fsspec
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from synrank.data.groups import GroupsError
 
-    fs, path = fsspec.core.url_to_fs(str(groups_path))
-    if not fs.exists(path):
+    if not storage.exists(groups_path):
         raise FileNotFoundError(f"training groups {groups_path}: no such file (build them with `synrank groups`)")
     try:
-        grades = pq.read_table(path, columns=["grades"], filesystem=fs).column("grades")
+        grades = storage.read_parquet(groups_path, columns=["grades"]).column("grades")
     except Exception as exc:  # pyarrow raises several kinds for a bad file
         raise GroupsError(f"{groups_path}: not a training-groups Parquet file: {exc}") from exc
     if len(grades) == 0:
@@ -117,11 +124,15 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
         resources["GPU"] = 1
     run_kwargs: dict[str, Any] = {
         "name": RUN_NAME,
-        "storage_path": _abs(os.path.join(out_dir, "ray")) if "://" not in str(out_dir) else f"{out_dir}/ray",
+        **ray_storage(storage.join(out_dir, "ray")),
         "checkpoint_config": CheckpointConfig(num_to_keep=config.keep_checkpoints),
         "failure_config": FailureConfig(max_failures=config.max_failures),
     }
-    run_kwargs.update(run_config_overrides or {})
+    overrides = dict(run_config_overrides or {})
+    if "storage_path" in overrides and "storage_filesystem" not in overrides:
+        run_kwargs.pop("storage_filesystem", None)
+        overrides.update(ray_storage(str(overrides["storage_path"])))
+    run_kwargs.update(overrides)
     if "callbacks" not in (run_config_overrides or {}) and _in_tune_trial():
         # Inside a Ray Tune trial: forward every Train report to Tune (the current Train/Tune pattern).
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -161,13 +172,13 @@ def finish(result, config: TrainConfig, groups_path: str, out_dir: str, export: 
     if history is None:  # e.g. an already finished run resumed: read it from the final checkpoint
         saved = _saved_state(result.checkpoint)
         history, resumes = saved["history"], saved["resumes"]
-    os.makedirs(out_dir, exist_ok=True) if "://" not in str(out_dir) else None
+    storage.makedirs(out_dir)
     model_dir = ""
     if export:
         with result.checkpoint.as_directory() as d:
             model_dir = export_model(d, config, out_dir)
     write_config(config, out_dir)
-    write_curve(history, out_dir, title=f"{config.loss} on {os.path.basename(str(groups_path))}")
+    write_curve(history, out_dir, title=f"{config.loss} on {storage.name(str(groups_path))}")
     return TrainResult(model_dir, result.checkpoint, list(history), list(resumes), config, str(out_dir))
 
 
