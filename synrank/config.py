@@ -31,6 +31,8 @@ class RuntimeConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded Ray (default: all)")
     num_gpus: int | None = Field(None, ge=0)
     object_store_memory: int | None = Field(None, ge=78_643_200)
+    stall_warning_s: float = Field(60.0, ge=0.0, description="warn when a stage has finished nothing for this long, "
+                                   "naming what it waits for and what the cluster has (0: off)")
 
 
 class EncoderConfig(Section):
@@ -54,7 +56,10 @@ class EngineSection(Section):
     engine: Literal["vllm", "transformers"] = "vllm"
     engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
     num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
-    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs but one)")
+    engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs "
+                                      "less min(1, half of them), left to the Ray Data tasks that feed the engine)")
+    engine_retries: int = Field(2, ge=0, description="an engine call that raises: restart the engine and retry the "
+                                "batch this many times; then its rows go to the errors with reason engine_error")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

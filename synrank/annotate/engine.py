@@ -6,6 +6,9 @@
 
 Attempt 0 decodes greedily and, with ``constrained`` (the default) on the vLLM backend, through
 vLLM structured outputs: the answer is one of the prompt's choices ("0".."3"), so it always parses.
+An engine call that raises is restarted and retried by the pool (`engine_retries`); if it
+still fails, each of its prompts gets an `EngineFailure` ("error: engine_error: ..."), which the
+judging loop retries like an unparseable answer and finally records as the pair's failure reason.
 Retries (only for answers the parser rejected, or engine errors) sample without the constraint
 (temperature ``retry_temperature``), so an engine whose structured-output backend fails still
 gets a chance, and the strict parser decides. On GPU each retry carries a stable per-request seed
@@ -44,8 +47,13 @@ class EngineJudge:
 
     @classmethod
     def from_pool(cls, pool: Any, cfg) -> "EngineJudge":
+        from synrank.generate.pool import PoolHandle
+
+        handle = pool.handle()
+        if isinstance(handle, PoolHandle):
+            handle = replace(handle, retries=cfg.engine_retries)
         return cls(
-            handle=pool.handle(),
+            handle=handle,
             model=pool.spec.label,
             num_engines=pool.num_engines,
             constrained=cfg.constrained and pool.spec.backend == "vllm",
@@ -79,7 +87,12 @@ class EngineJudge:
         seeds = None
         if attempt > 0 and self.per_request_seed:
             seeds = [stable_int(self.seed, p.query, p.passage, attempt) for p in prompts]
-        completions = self.handle.generate_on(self.engine_index, [list(p.messages) for p in prompts], sampling, seeds)
+        from synrank.generate.pool import EngineError
+
+        try:
+            completions = self.handle.generate_on(self.engine_index, [list(p.messages) for p in prompts], sampling, seeds)
+        except EngineError as exc:  # restarted and retried by the pool already: no answers this attempt
+            return [EngineFailure(f"error: engine_error: {exc}"[:300]) for _ in prompts]
         out: list[str] = []
         for c in completions:
             if str(c.finish_reason).startswith("error"):
@@ -100,4 +113,5 @@ def start_pool(cfg, address: str | None = None) -> tuple[Any, bool]:
     spec = spec_from_config(cfg)
     if cfg.engine_pool:
         return EnginePool.attach(cfg.engine_pool, spec), False
-    return EnginePool.start(spec, cfg.num_engines, cpus_per_engine=cfg.engine_cpus), True
+    return EnginePool.start(spec, cfg.num_engines, cpus_per_engine=cfg.engine_cpus,
+                            engine_retries=cfg.engine_retries), True

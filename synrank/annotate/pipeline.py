@@ -41,7 +41,6 @@ which Parquet readers skip: the folder itself reads as the LLM qrels (``read_qre
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -50,12 +49,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from synrank.annotate.parse import parse_answer
 from synrank.annotate.prompts import JudgePrompt, build_prompt, check_version, fingerprint
 from synrank.data import schemas
-from synrank.data.atomic import exists, write_json, write_parquet
+from synrank import storage
+from synrank.storage import exists, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -167,32 +166,16 @@ def judge_prompts(prompts: Sequence[JudgePrompt], judge: Judge, n_levels: int, m
 # output folder
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def _read_json(path: str) -> dict[str, Any]:
-    import fsspec
-
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
-        return json.load(handle)
+    return storage.read_json(path)
 
 
 def _list_shards(out: str) -> set[str]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(_join(out, SHARDS_DIR))
-    if not fs.exists(path):
-        return set()
-    return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".parquet")}
+    return {n for n in storage.listdir(storage.join(out, SHARDS_DIR)) if n.endswith(".parquet")}
 
 
 def _remove_tree(path: str) -> None:
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path)
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
+    storage.remove(path)
 
 
 def shard_name(index: int) -> str:
@@ -224,7 +207,7 @@ class JudgeResult:
 
     @property
     def qrels(self) -> pa.Table:
-        return pq.read_table(self.qrels_path) if exists(self.qrels_path) else pa.table({})
+        return storage.read_parquet(self.qrels_path) if exists(self.qrels_path) else pa.table({})
 
 
 def _check_pairs(pairs: pa.Table) -> None:
@@ -245,12 +228,12 @@ def _check_pairs(pairs: pa.Table) -> None:
 
 def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: bool) -> pa.Table:
     """Write or check the manifest and the pair list; return the pairs (without texts) to judge."""
-    manifest_path = _join(out, MANIFEST_FILE)
-    pairs_path = _join(out, PAIRS_FILE)
+    manifest_path = storage.join(out, MANIFEST_FILE)
+    pairs_path = storage.join(out, PAIRS_FILE)
     keys_only = pairs.drop_columns(list(TEXT_COLUMNS))
     if overwrite:
         for name in (SHARDS_DIR, QRELS_FILE, FAILURES_FILE, SUMMARY_FILE, PAIRS_FILE, MANIFEST_FILE):
-            _remove_tree(_join(out, name))
+            _remove_tree(storage.join(out, name))
     if exists(manifest_path):
         old = _read_json(manifest_path)
         changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
@@ -260,7 +243,7 @@ def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: boo
                                 "use another output folder, or overwrite to start over")
         if not exists(pairs_path):
             raise AnnotateError(f"{out}: {MANIFEST_FILE} without {PAIRS_FILE}; overwrite to start over")
-        return pq.read_table(pairs_path) if "://" not in out else _read_parquet(pairs_path)
+        return _read_parquet(pairs_path)
     if _list_shards(out):
         raise AnnotateError(f"{out}/{SHARDS_DIR} has files but no {MANIFEST_FILE}; overwrite to start over")
     write_parquet(keys_only, pairs_path)
@@ -270,10 +253,7 @@ def _prepare(out: str, pairs: pa.Table, identity: dict[str, Any], overwrite: boo
 
 
 def _read_parquet(path: str) -> pa.Table:
-    import fsspec
-
-    with fsspec.open(path, "rb") as handle:
-        return pq.read_table(handle)
+    return storage.read_parquet(path)
 
 
 def _judgment_schema(passthrough: pa.Schema) -> pa.Schema:
@@ -303,7 +283,7 @@ def judge_shard(shard: int, rows: Sequence[int], pairs: pa.Table, judge: Judge, 
     keys = list(zip(part.column("query_id").to_pylist(), part.column("doc_id").to_pylist()))
     passthrough = part.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
     table = _judgment_table(results, keys, passthrough, settings.schema, judge.model, settings.prompt_version)
-    write_parquet(table, _join(settings.out, SHARDS_DIR, shard_name(shard)))
+    write_parquet(table, storage.join(settings.out, SHARDS_DIR, shard_name(shard)))
     graded = sum(1 for it in results if it.grade is not None)
     return {"shard": int(shard), "pairs": len(rows), "graded": graded, "failed": len(rows) - graded,
             "requests": sum(len(it.answers) for it in results), "wall_s": round(time.perf_counter() - started, 3)}
@@ -335,8 +315,12 @@ def _run_ray_data(tasks: list[tuple[int, list[int]]], pairs: pa.Table, judge: An
     workers = ray.data.ActorPoolStrategy(size=max(1, min(len(tasks), 2 * int(getattr(judge, "num_engines", 1)))))
     ds = ds.map(_ShardWorker, fn_constructor_kwargs={"pairs": [ref], "judge": judge, "settings": settings},
                 compute=workers, num_cpus=0.1)
-    for summary in ds.iter_rows():
-        on_summary(dict(summary))
+    from synrank.runtime import watch_progress
+
+    with watch_progress(f"annotation: {len(tasks)} shard(s) of {settings.out}") as watch:
+        for summary in ds.iter_rows():
+            watch.tick()
+            on_summary(dict(summary))
 
 
 def judge_pairs(
@@ -446,7 +430,7 @@ def _judgment_table(results: list[_Pending], keys: list[tuple[str, str]], passth
 def read_judgments(out: str) -> pa.Table:
     """Every shard of an output folder, in shard order (one row per judged pair)."""
     names = sorted(_list_shards(out))
-    tables = [_read_parquet(_join(out, SHARDS_DIR, n)) for n in names]
+    tables = [_read_parquet(storage.join(out, SHARDS_DIR, n)) for n in names]
     if not tables:
         return pa.schema(JUDGMENT_FIELDS).empty_table()
     return pa.concat_tables(tables, promote_options="default")
@@ -467,9 +451,9 @@ def finalize(out: str, keys: Sequence[tuple[str, str]], schema: pa.Schema, ident
     failed = table.filter(pc.invert(ok_mask))
     qrels = schemas.conform(ok.drop_columns(["status", "reason", "answers"]), schemas.QRELS, f"{out}/qrels")
     failures = failed.drop_columns(["grade", "source"])
-    qrels_path = _join(out, QRELS_FILE)
-    failures_path = _join(out, FAILURES_FILE)
-    summary_path = _join(out, SUMMARY_FILE)
+    qrels_path = storage.join(out, QRELS_FILE)
+    failures_path = storage.join(out, FAILURES_FILE)
+    summary_path = storage.join(out, SUMMARY_FILE)
     write_parquet(qrels, qrels_path)
     write_parquet(failures, failures_path)
     grades = pc.value_counts(ok.column("grade")).to_pylist() if ok.num_rows else []
@@ -526,10 +510,10 @@ def annotate(cfg, *, judge: Judge | None = None, pool: Any | None = None, overwr
     collection = load_collection(cfg.collection, cfg.split)
     if collection.corpus is None:
         raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
-    pairs_path = _join(cfg.out, PAIRS_FILE)
+    pairs_path = storage.join(cfg.out, PAIRS_FILE)
     identity = {"collection": str(cfg.collection), "split": cfg.split, "candidates": cfg.candidates,
                 "top_n": cfg.top_n, "include_judged": cfg.include_judged, "limit": cfg.limit}
-    if not overwrite and exists(pairs_path) and exists(_join(cfg.out, MANIFEST_FILE)):
+    if not overwrite and exists(pairs_path) and exists(storage.join(cfg.out, MANIFEST_FILE)):
         # Resume: judge the stored pairs, not a fresh candidate selection.
         pairs = _attach_texts(_read_parquet(pairs_path), collection)
     else:
@@ -572,7 +556,7 @@ def _no_calls(prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
 
 def _all_judged(out: str, pairs: pa.Table, cfg, overwrite: bool) -> bool:
     """Whether `out` already holds every shard of this run (a rerun of a finished run)."""
-    if overwrite or not exists(_join(out, MANIFEST_FILE)):
+    if overwrite or not exists(storage.join(out, MANIFEST_FILE)):
         return False
     n_queries = len(set(pairs.column("query_id").to_pylist()))
     expected = {shard_name(i) for i in range(math.ceil(n_queries / cfg.shard_size))}

@@ -20,7 +20,10 @@ Output folder (local path or fsspec URL):
 - ``part-NNNNN.parquet``: the passages of shard N, exactly the SYNTHETIC_PASSAGES schema (a
   Parquet folder: pyarrow, Ray Data and `synrank.data.readers.read_table(out, "synthetic")` read
   it whole; the underscore-prefixed entries below are skipped by those readers);
-- ``_errors/part-NNNNN.parquet``: every rejected attempt with its reason and raw text;
+- ``_errors/part-NNNNN.parquet``: every rejected attempt with its reason and raw text; rows of an
+  engine call that still raised after the pool restarted the engine and retried it
+  (`engine_retries`) are final errors with reason ``engine_error`` (the exception in ``detail``),
+  and the shard and the run go on;
 - ``_stats/part-NNNNN.json``: counts, tokens and timings of the shard;
 - ``_manifest.json``: the settings that determine the content (model, prompts and their
   fingerprint, scale, sampling, validation, shard size, seed);
@@ -46,7 +49,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -54,9 +57,11 @@ import pyarrow.parquet as pq
 
 from synrank.config import GenerateConfig, RuntimeConfig
 from synrank.data import schemas
-from synrank.data.atomic import write_json, write_parquet
+from synrank import storage
+from synrank.storage import write_json, write_parquet
 from synrank.generate.engine import EngineSpec, SamplingSpec, model_label, spec_from_config
 from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
+from synrank.generate.pool import EngineError, PoolHandle
 from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import stable_int, swap_partners
 
@@ -158,41 +163,29 @@ def settings_from_config(cfg: GenerateConfig, out: str) -> RunSettings:
 # Paths
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def part_path(out: str, shard: int) -> str:
-    return _join(out, f"part-{shard:05d}.parquet")
+    return storage.join(out, f"part-{shard:05d}.parquet")
 
 
 def errors_path(out: str, shard: int) -> str:
-    return _join(out, "_errors", f"part-{shard:05d}.parquet")
+    return storage.join(out, "_errors", f"part-{shard:05d}.parquet")
 
 
 def stats_path(out: str, shard: int) -> str:
-    return _join(out, "_stats", f"part-{shard:05d}.json")
+    return storage.join(out, "_stats", f"part-{shard:05d}.json")
 
 
 def _fs(out: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(out)
+    return storage.filesystem(out)
 
 
 def _list(out: str, sub: str = "") -> list[str]:
     """File names directly under out/sub (empty if missing)."""
-    fs, root = _fs(out)
-    path = root.rstrip("/") + ("/" + sub if sub else "")
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return storage.listdir(storage.join(out, sub) if sub else out)
 
 
 def _remove(path: str) -> None:
-    fs, p = _fs(path)
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
+    storage.remove(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +302,15 @@ def _row_seed(settings: RunSettings, request: dict[str, Any], attempt: int) -> i
     return stable_int(settings.seed, request["doc_id"], attempt)
 
 
+def _engine_error_row(r: dict[str, Any], attempt: int, detail: str, settings: RunSettings) -> dict[str, Any]:
+    return {
+        "query_id": r["query_id"], "doc_id": r["doc_id"], "level": r["level"], "sample": r["sample"],
+        "attempt": attempt, "final": True, "reason": "engine_error", "detail": detail[:2000], "text": "",
+        "n_tokens": 0, "finish_reason": "error", "for_query_id": r["for_query_id"],
+        "model": settings.model, "prompt_version": settings.prompt_version,
+    }
+
+
 def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSettings, generate_on) -> dict[str, Any]:
     """Generate, validate (with retries) and write one shard; returns its stats."""
     started = time.perf_counter()
@@ -323,9 +325,15 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
         sampling = settings.sampling if attempt == 0 else settings.retry_sampling
         seeds = [_row_seed(settings, r, attempt) for r in pending]
         t0 = time.perf_counter()
-        completions = generate_on(task.engine, [r["chat"] for r in pending], sampling, seeds)
-        stats["engine_call_s"] += time.perf_counter() - t0
-        stats["engine_calls"] += 1
+        try:
+            completions = generate_on(task.engine, [r["chat"] for r in pending], sampling, seeds)
+        except EngineError as exc:  # restarted and retried by the pool already: the rows are lost
+            log.warning("shard %d: %d row(s) lost to an engine error: %s", task.shard, len(pending), exc)
+            errors.extend(_engine_error_row(r, attempt, str(exc), settings) for r in pending)
+            break
+        finally:
+            stats["engine_call_s"] += time.perf_counter() - t0
+            stats["engine_calls"] += 1
         retry = []
         for r, c in zip(pending, completions):
             stats["attempt_tokens"] += c.n_tokens
@@ -411,13 +419,10 @@ def shard_digest_on_disk(out: str, shard: int) -> str | None:
 
 
 def _check_manifest(out: str, settings: RunSettings, overwrite: bool) -> None:
-    import fsspec
-
-    path = _join(out, MANIFEST)
+    path = storage.join(out, MANIFEST)
     identity = json.loads(json.dumps(settings.identity()))  # as it reads back (tuples become lists)
-    fs, p = _fs(path)
-    if fs.exists(p):
-        with fsspec.open(path, "r", encoding="utf-8") as handle:
+    if storage.exists(path):
+        with storage.open(path, "r", encoding="utf-8") as handle:
             try:
                 old = json.load(handle)
             except json.JSONDecodeError:
@@ -442,7 +447,7 @@ def clear_output(out: str) -> None:
     for name in _list(out):
         if (name.startswith("part-") and name.endswith(".parquet")) or name in (
                 "_errors", "_stats", MANIFEST, REPORT, "_fidelity.parquet"):
-            _remove(_join(out, name))
+            _remove(storage.join(out, name))
 
 
 def _remove_stale(out: str, n_shards: int) -> None:
@@ -450,8 +455,8 @@ def _remove_stale(out: str, n_shards: int) -> None:
     for sub in ("", "_errors", "_stats"):
         for name in _list(out, sub):
             if name.startswith("part-") and name[5:10].isdigit() and int(name[5:10]) >= n_shards:
-                log.warning("removing %s: its queries are not in this run", _join(out, sub, name) if sub else _join(out, name))
-                _remove(_join(out, sub, name) if sub else _join(out, name))
+                log.warning("removing %s: its queries are not in this run", storage.join(out, sub, name) if sub else storage.join(out, name))
+                _remove(storage.join(out, sub, name) if sub else storage.join(out, name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +492,7 @@ def generate(
     import ray
 
     from synrank.generate.pool import EnginePool
-    from synrank.runtime import init_ray
+    from synrank.runtime import init_ray, watch_progress
 
     if not cfg.out:
         raise GenerateError("generate.out is required (--out DIR)")
@@ -500,7 +505,8 @@ def generate(
     spec = spec_from_config(cfg)
     plan = plan_shards(queries, cfg)  # input problems surface before Ray or engines start
     rt = runtime or RuntimeConfig()
-    init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory)
+    init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory,
+             stall_warning_s=rt.stall_warning_s)
 
     own_pool = None
     if pool is None and cfg.engine_pool:
@@ -522,26 +528,32 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
-            own_pool = pool = EnginePool.start(spec, num_engines, cpus_per_engine=cfg.engine_cpus)
+            own_pool = pool = EnginePool.start(spec, num_engines, cpus_per_engine=cfg.engine_cpus,
+                                               engine_retries=cfg.engine_retries)
             run["engine_startup_s"] = round(time.perf_counter() - startup, 2)
         try:
             settings = _with_seed_mode(settings, pool)
             began = time.perf_counter()
             ds = ray.data.from_items([{"task": t.to_json()} for t in todo], override_num_blocks=len(todo))
             ds = ds.map(_expand, fn_kwargs={"settings": settings}, num_cpus=0.1)
+            handle = pool.handle()
+            if isinstance(handle, PoolHandle):
+                handle = replace(handle, retries=cfg.engine_retries)
             ds = ds.map(
                 ShardGenerator,
-                fn_constructor_kwargs={"pool": pool.handle(), "settings": settings},
+                fn_constructor_kwargs={"pool": handle, "settings": settings},
                 # two per engine: while one parses and writes a shard, the engine serves the other
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
                 num_cpus=0.1,
             )
-            for summary in ds.iter_rows():
-                summary = dict(summary)
-                summaries.append(summary)
-                log.info("shard %d: %d/%d passages, %d tokens in %.1f s (%d of %d shards)",
-                         summary["shard"], summary["rows"], summary["expected"], summary["attempt_tokens"],
-                         summary["wall_s"], len(summaries), len(todo))
+            with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
+                for summary in ds.iter_rows():
+                    watch.tick()
+                    summary = dict(summary)
+                    summaries.append(summary)
+                    log.info("shard %d: %d/%d passages, %d tokens in %.1f s (%d of %d shards)",
+                             summary["shard"], summary["rows"], summary["expected"], summary["attempt_tokens"],
+                             summary["wall_s"], len(summaries), len(todo))
             run["wall_s"] = round(time.perf_counter() - began, 3)
         finally:
             if own_pool is not None:

@@ -11,26 +11,44 @@ pipeline sends each shard to one engine, so that vLLM batches a whole shard at o
 
 Resources per engine actor: on GPU `num_gpus = tensor_parallel_size` (the replica's GPUs; vLLM
 runs its tensor-parallel workers inside them) and one CPU; on CPU `cpus_per_engine` Ray CPUs
-(default: all of a node's CPUs but one, which stays free for the Ray Data stages around the
-engines; asking for a GPU there, as `ray.data.llm` does by default, hangs a CPU cluster) and one
-engine per node, since a CPU engine binds its threads to every core it sees.
+(default: a node's CPUs less min(1, half of them), so that the Ray Data tasks and actors that
+feed the engines (0.1 CPU each) can always be scheduled - a 1-CPU node gives its engine 0.5; a
+CPU engine binds its threads to every core it sees whatever Ray accounts; asking for a GPU
+there, as `ray.data.llm` does by default, hangs a CPU cluster) and one engine per node.
 
 A pool can be named (`name=`): other drivers on the same cluster - a second `synrank generate`,
 the annotation stage, a test - `EnginePool.attach(name)` to it instead of loading the model again.
 Named pools live in the Ray namespace "synrank"; a `detached` pool outlives its driver until
 `shutdown()` (`synrank engines stop NAME`).
 
-An engine actor restarts once if its process dies (`max_restarts`), and a call that was running
-on it is retried there (`max_task_retries`): generation is idempotent for the callers here.
+Failures (`PoolHandle.generate_on`):
+
+- an engine call that raises (the engine's own error, its process alive) makes the caller restart
+  that engine - `ray.kill(no_restart=False)`: a fresh process and a fresh vLLM, since an engine
+  that raised may hold a broken engine core, and rebuilding vLLM inside the old process would leak
+  its engine-core processes and memory - and retry the batch, `retries` times (config
+  `engine_retries`); then `EngineError` is raised, which the stages record as `engine_error` rows;
+- a call whose engine is dead or unreachable (its node lost, or being restarted) goes to another
+  live engine of the pool, without counting as a failure; engine calls are never retried by Ray
+  (`max_task_retries=0`), so nothing waits on an engine whose node is gone. With no live engine a
+  call waits for a restarting one for at most `wait_s`, then raises `PoolUnavailableError`.
+
+An engine actor restarts at most `max_restarts` times (default 8); generation is idempotent for
+the callers here (deterministic ids, shard files written atomically), so a retried call is safe.
+
+Test-only fault injection (never set these in a real config): `EngineSpec.extra` keys
+`synrank_test_fail_calls` (generate calls of the actor's first life, counted from 1, that raise
+RuntimeError) and `synrank_test_fail_marker` (a call with a prompt containing this text raises, in
+every life); `EngineActor` removes them before the engine is built.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from synrank.generate.engine import Completion, EngineSpec, Prompt, SamplingSpec, make_engine
@@ -39,17 +57,41 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "synrank"
 _PREFIX = "synrank-engine"
+DEFAULT_MAX_RESTARTS = 8
+_POLL_S = 5.0  # how often a call in flight looks at its engine's state
+_WAIT_POLL_S = 1.0  # how often a call waiting for an engine to come back looks
+_TEST_KEYS = ("synrank_test_fail_calls", "synrank_test_fail_marker")
+
+
+class EngineError(RuntimeError):
+    """An engine call that still raised after its retries (the engine's own error)."""
+
+
+class PoolUnavailableError(RuntimeError):
+    """No engine of the pool is alive, or none came back in time."""
+
+
+class _EngineGone(Exception):
+    """A call given up on because its engine stopped being alive."""
 
 
 class EngineActor:
     """The body of an engine actor (wrapped with `ray.remote` by `EnginePool.start`)."""
 
     def __init__(self, spec: EngineSpec, log_level: int = logging.INFO) -> None:
+        import ray
+
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.spec = spec
-        self.engine = make_engine(spec)
+        extra = dict(spec.extra)
+        self._faults = {k: extra.pop(k) for k in _TEST_KEYS if k in extra}
+        with warnings.catch_warnings():  # deprecated in Ray 2.60, with no replacement yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        self.engine = make_engine(replace(spec, extra=extra))
         _start_reaper()
         self.calls = 0
+        self.attempts = 0
         self.busy_s = 0.0
         self.tokens = 0
 
@@ -58,11 +100,23 @@ class EngineActor:
 
     def info(self) -> dict[str, Any]:
         info = dict(self.engine.info())
-        info.update(calls=self.calls, busy_s=round(self.busy_s, 3), generated_tokens=self.tokens)
+        info.update(calls=self.calls, busy_s=round(self.busy_s, 3), generated_tokens=self.tokens,
+                    restarted=self.restarted)
         return info
+
+    def _inject_faults(self, prompts: Sequence[Prompt]) -> None:
+        """Test-only (see the module docstring)."""
+        if not self.restarted and self.attempts in (self._faults.get("synrank_test_fail_calls") or ()):
+            raise RuntimeError(f"injected engine fault on call {self.attempts}")
+        marker = self._faults.get("synrank_test_fail_marker")
+        if marker and any(marker in (p if isinstance(p, str) else " ".join(m["content"] for m in p)) for p in prompts):
+            raise RuntimeError(f"injected engine fault: a prompt contains {marker!r}")
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
+        self.attempts += 1
+        if self._faults:
+            self._inject_faults(prompts)
         started = time.perf_counter()
         out = self.engine.generate(list(prompts), sampling, None if seeds is None else list(seeds))
         self.calls += 1
@@ -120,13 +174,127 @@ class PoolHandle:
     actors: tuple[Any, ...]
     spec: EngineSpec
     name: str | None = None
+    retries: int = 2  # restarts of an engine that raised, and retries of its batch
+    wait_s: float = 900.0  # how long a call waits for a restarting engine when none is alive
 
     def generate_on(self, index: int, prompts: Sequence[Prompt], sampling: SamplingSpec,
                     seeds: Sequence[int] | None = None) -> list[Completion]:
+        """Completions from engine `index % num_engines`, or another live one (see the module docstring)."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        args = (list(prompts), sampling, None if seeds is None else list(seeds))
+        failures = 0
+        unavailable: dict[int, float] = {}  # engine -> when a call to it last found it gone
+        first_loss: float | None = None
+        while True:
+            i = self._pick(index, unavailable)
+            actor = self.actors[i]
+            restarts = _actor_state(actor).get("NumRestarts", 0)
+            try:
+                return self._get(i, actor.generate.remote(*args))
+            except (RayActorError, _EngineGone) as exc:  # dead, unreachable or restarting: another engine takes the call
+                now = time.monotonic()
+                unavailable[i] = now
+                first_loss = first_loss or now
+                if now - first_loss > self.wait_s:
+                    raise PoolUnavailableError(f"no engine of the pool answered for {self.wait_s:g} s: "
+                                               f"{_first_line(exc)}") from None
+                log.warning("engine %d is unavailable (%s); the call goes to another engine", i, _first_line(exc))
+            except RayTaskError as exc:  # the engine raised; its process lives on
+                failures += 1
+                cause = _first_line(exc.cause if getattr(exc, "cause", None) is not None else exc)
+                if failures > self.retries:
+                    raise EngineError(f"engine {i} failed {failures} time(s): {cause}") from None
+                log.warning("engine %d raised (%s): restarting it, retry %d of %d", i, cause, failures, self.retries)
+                _restart(actor, restarts)
+
+    def _pick(self, index: int, unavailable: dict[int, float]) -> int:
+        """Engine `index` if it is alive, else the next alive one. An engine a call just found gone
+        may still be ALIVE in the GCS until its node is declared dead: the others come first, and it
+        is tried again only after a pause. With no engine alive, wait (at most `wait_s`) for one."""
+        n = len(self.actors)
+        order = [(index + k) % n for k in range(n)]
+        deadline = time.monotonic() + self.wait_s
+        warned = False
+        while True:
+            states = {i: _actor_state(self.actors[i]).get("State", "ALIVE") for i in order}
+            alive = [i for i in order if states[i] == "ALIVE"]
+            fresh = [i for i in alive if i not in unavailable]
+            if fresh:
+                return fresh[0]
+            if alive:
+                i = min(alive, key=lambda j: unavailable[j])
+                time.sleep(max(0.0, unavailable[i] + _POLL_S - time.monotonic()))
+                return i
+            if all(states[i] == "DEAD" for i in order):
+                raise PoolUnavailableError(f"every engine of the pool ({n}) is dead")
+            if time.monotonic() > deadline:
+                raise PoolUnavailableError(f"no engine of the pool came back within {self.wait_s:g} s: {states}")
+            if not warned:
+                log.warning("no engine of the pool is alive (%s); waiting up to %g s for one", states, self.wait_s)
+                warned = True
+            time.sleep(_WAIT_POLL_S)
+
+    def _get(self, i: int, ref: Any) -> list[Completion]:
+        """The call's result; if its engine stops being alive while another one is, give up on it
+        (and, with none alive, after `wait_s`)."""
         import ray
 
-        actor = self.actors[index % len(self.actors)]
-        return ray.get(actor.generate.remote(list(prompts), sampling, None if seeds is None else list(seeds)))
+        down_since: float | None = None
+        while True:
+            ready, _ = ray.wait([ref], timeout=_POLL_S)
+            if ready:
+                return ray.get(ref)
+            state = _actor_state(self.actors[i]).get("State", "ALIVE")
+            if state == "ALIVE":
+                down_since = None
+                continue
+            down_since = down_since or time.monotonic()
+            others = [j for j in range(len(self.actors)) if j != i]
+            if (state == "DEAD" or time.monotonic() - down_since > self.wait_s
+                    or any(_actor_state(self.actors[j]).get("State") == "ALIVE" for j in others)):
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
+                raise _EngineGone(f"engine {i} is {state}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def _actor_state(actor: Any) -> dict[str, Any]:
+    """The GCS's record of an actor (State, NumRestarts); {} if it cannot be read. Works without a
+    dashboard (the embedded Ray has none), in drivers and in workers."""
+    try:
+        import ray._private.state as state
+
+        return state.actors(actor._actor_id.hex()) or {}
+    except Exception:
+        return {}
+
+
+def _restart(actor: Any, restarts_before: int) -> None:
+    """Restart an engine that raised, unless another caller already did."""
+    import ray
+
+    info = _actor_state(actor)
+    if info and (info.get("State") != "ALIVE" or info.get("NumRestarts", 0) != restarts_before):
+        return
+    try:
+        ray.kill(actor, no_restart=False)
+    except Exception as exc:  # pragma: no cover - already gone
+        log.warning("could not restart an engine: %s", exc)
+        return
+    # The kill is asynchronous: a retry sent before it lands would run on the old engine.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = _actor_state(actor)
+        if not info or info.get("State") != "ALIVE" or info.get("NumRestarts", 0) != restarts_before:
+            return
+        time.sleep(0.2)
 
 
 def default_num_engines(spec: EngineSpec, resources: Any) -> int:
@@ -150,19 +318,24 @@ def engine_device(spec: EngineSpec, resources: Any) -> str:
 
 
 def default_cpus_per_engine() -> float:
-    """All CPUs of the smallest alive node but one (at least 1)."""
+    """The CPUs of the smallest alive node less a reserve of min(1, half of them) for the Ray Data
+    tasks that feed the engine (0.5 on a 1-CPU node, 1 on 2 CPUs, 15 on 16)."""
     import ray
 
     sizes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
     smallest = min((s for s in sizes if s > 0), default=1.0)
-    return float(max(1.0, math.floor(smallest) - 1))
+    return cpus_per_engine_for(smallest)
+
+
+def cpus_per_engine_for(node_cpus: float) -> float:
+    return round(node_cpus - min(1.0, node_cpus / 2), 4)
 
 
 class EnginePool:
     """Engine actors on the connected Ray cluster (see the module docstring)."""
 
     def __init__(self, actors: Sequence[Any], spec: EngineSpec, *, name: str | None = None, owned: bool = True,
-                 infos: Sequence[dict[str, Any]] = ()) -> None:
+                 infos: Sequence[dict[str, Any]] = (), engine_retries: int = 2) -> None:
         if not actors:
             raise ValueError("an engine pool needs at least one engine")
         self.actors = tuple(actors)
@@ -170,6 +343,7 @@ class EnginePool:
         self.name = name
         self.owned = owned
         self.infos = list(infos)
+        self.engine_retries = engine_retries
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -182,6 +356,8 @@ class EnginePool:
         detached: bool = False,
         cpus_per_engine: float | None = None,
         wait: bool = True,
+        engine_retries: int = 2,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
     ) -> "EnginePool":
         """Start engines on the connected cluster (`synrank.runtime.init_ray` first)."""
         import ray
@@ -197,7 +373,8 @@ class EnginePool:
         n = num_engines or default_num_engines(spec, resources)
         if name is not None and cls._find(name):
             raise ValueError(f"an engine pool named {name!r} already runs on this cluster; attach to it or stop it")
-        options: dict[str, Any] = dict(max_restarts=1, max_task_retries=1, max_concurrency=1)
+        # Ray never retries an engine call: the pool does (another engine, or a restarted one).
+        options: dict[str, Any] = dict(max_restarts=max_restarts, max_task_retries=0, max_concurrency=1)
         if device == "cuda" and resources.has_gpu:
             per_node = max(n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive"))
             if spec.tensor_parallel_size > per_node:
@@ -222,10 +399,18 @@ class EnginePool:
                 opts.update(name=f"{_PREFIX}:{name}:{i}", namespace=NAMESPACE)
             actors.append(remote.options(**opts).remote(spec, logging.getLogger().level or logging.INFO))
         log.info("starting %d %s engine(s) of %s%s", n, device, spec.label, f" as pool {name!r}" if name else "")
-        pool = cls(actors, spec, name=name, owned=True)
+        pool = cls(actors, spec, name=name, owned=True, engine_retries=engine_retries)
         if wait:
+            from synrank.runtime import watch_progress
+
             try:
-                pool.infos = ray.get([a.ready.remote() for a in actors])
+                refs = [a.ready.remote() for a in actors]
+                with watch_progress(f"engine pool: starting {n} {device} engine(s) of {spec.label}") as watch:
+                    left = refs
+                    while left:
+                        _, left = ray.wait(left, num_returns=1)
+                        watch.tick()
+                pool.infos = ray.get(refs)
             except Exception:
                 pool.shutdown()
                 raise
@@ -270,8 +455,9 @@ class EnginePool:
     def per_request_seed(self) -> bool:
         return bool(self.infos and all(i.get("per_request_seed") for i in self.infos))
 
-    def handle(self) -> PoolHandle:
-        return PoolHandle(self.actors, self.spec, self.name)
+    def handle(self, engine_retries: int | None = None) -> PoolHandle:
+        retries = self.engine_retries if engine_retries is None else engine_retries
+        return PoolHandle(self.actors, self.spec, self.name, retries=retries)
 
     def generate_on(self, index: int, prompts: Sequence[Prompt], sampling: SamplingSpec,
                     seeds: Sequence[int] | None = None) -> list[Completion]:
@@ -279,8 +465,9 @@ class EnginePool:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec = SamplingSpec(),
                  seeds: Sequence[int] | None = None) -> list[Completion]:
-        """Completions for `prompts`, in order, using every engine of the pool."""
-        import ray
+        """Completions for `prompts`, in order, using every engine of the pool (one contiguous chunk
+        each, with the failover and retries of `PoolHandle.generate_on`)."""
+        from concurrent.futures import ThreadPoolExecutor
 
         prompts = list(prompts)
         if seeds is not None and len(seeds) != len(prompts):
@@ -289,11 +476,12 @@ class EnginePool:
             return []
         k = min(self.num_engines, len(prompts))
         bounds = [round(i * len(prompts) / k) for i in range(k + 1)]
-        futures = [
-            self.actors[i].generate.remote(prompts[a:b], sampling, None if seeds is None else list(seeds[a:b]))
-            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))
-        ]
-        return [c for chunk in ray.get(futures) for c in chunk]
+        handle = self.handle()
+        with ThreadPoolExecutor(max_workers=k) as threads:
+            chunks = [threads.submit(handle.generate_on, i, prompts[a:b], sampling,
+                                     None if seeds is None else list(seeds[a:b]))
+                      for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+            return [c for chunk in chunks for c in chunk.result()]
 
     def generate_texts(self, prompts: Sequence[Prompt], sampling: SamplingSpec = SamplingSpec(),
                        seeds: Sequence[int] | None = None) -> list[str]:
