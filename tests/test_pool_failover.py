@@ -81,7 +81,7 @@ def test_a_call_to_a_dead_engine_goes_to_another_one(ray_session):
 def test_rows_of_a_failed_engine_call_are_engine_errors(tmp_path):
     from synrank.config import GenerateConfig
     from synrank.generate.pipeline import ShardTask, build_requests, errors_path, part_path, run_shard, \
-        settings_from_config
+        settings_from_config, shard_digest_on_disk
 
     cfg = GenerateConfig(out=str(tmp_path), level0_strategy="prompt", max_retries=1)
     settings = settings_from_config(cfg, str(tmp_path))
@@ -97,6 +97,21 @@ def test_rows_of_a_failed_engine_call_are_engine_errors(tmp_path):
     assert {e["doc_id"] for e in errors} == {r["doc_id"] for r in requests}
     assert all(e["final"] and e["reason"] == "engine_error" and "boom" in e["detail"] for e in errors)
     assert pq.read_table(part_path(str(tmp_path), 0)).num_rows == 0
+    # Not marked done: a rerun generates the shard again.
+    assert shard_digest_on_disk(str(tmp_path), 0) != task.digest
+
+    def working(index, prompts, sampling, seeds=None):
+        from synrank.generate.engine import Completion
+
+        texts = ["Fish breathe with gills, which take oxygen from the water that flows over them.",
+                 "Most fish open their mouths to pull water in and push it out past the gill slits.",
+                 "Aquariums need filters and pumps so that enough dissolved oxygen stays in the tank.",
+                 "The stock market closed higher on Friday after a week of strong earnings reports."]
+        return [Completion(text=t, n_tokens=16, prompt_tokens=30, finish_reason="stop") for t in texts[:len(prompts)]]
+
+    summary = run_shard(task, requests, settings, working)
+    assert summary["rows"] == 4 and summary["rejections"] == {}
+    assert shard_digest_on_disk(str(tmp_path), 0) == task.digest
 
 
 def test_the_judge_turns_an_engine_error_into_engine_failures():

@@ -23,7 +23,8 @@ Output folder (local path or fsspec URL):
 - ``_errors/part-NNNNN.parquet``: every rejected attempt with its reason and raw text; rows of an
   engine call that still raised after the pool restarted the engine and retried it
   (`engine_retries`) are final errors with reason ``engine_error`` (the exception in ``detail``),
-  and the shard and the run go on;
+  and the shard and the run go on; such a shard is not marked done, so a rerun generates it again
+  (an engine failure is transient, a rejected passage is not);
 - ``_stats/part-NNNNN.json``: counts, tokens and timings of the shard;
 - ``_manifest.json``: the settings that determine the content (model, prompts and their
   fingerprint, scale, sampling, validation, shard size, seed);
@@ -71,6 +72,9 @@ FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
 REPORT = "_report.json"
 DIGEST_KEY = b"synrank.shard_digest"
+# Appended to the digest of a shard that lost rows to engine errors: it never matches, so a rerun
+# redoes the shard.
+ENGINE_ERROR_MARK = "+engine_error"
 
 ERRORS = pa.schema([
     ("query_id", pa.string()),
@@ -369,10 +373,11 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
     # Rows in request order: deterministic files whatever the order of acceptance.
     rows = [accepted[r["doc_id"]] for r in requests if r["doc_id"] in accepted]
     passages = pa.Table.from_pylist(rows, schema=schemas.SYNTHETIC_PASSAGES)
-    passages = passages.replace_schema_metadata({DIGEST_KEY: task.digest.encode()})
     reasons: dict[str, int] = {}
     for e in errors:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    digest = task.digest + (ENGINE_ERROR_MARK if reasons.get("engine_error") else "")
+    passages = passages.replace_schema_metadata({DIGEST_KEY: digest.encode()})
     summary = {
         "shard": task.shard,
         "digest": task.digest,
