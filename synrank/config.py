@@ -33,6 +33,11 @@ class RuntimeConfig(Section):
     object_store_memory: int | None = Field(None, ge=78_643_200)
     stall_warning_s: float = Field(60.0, ge=0.0, description="warn when a stage has finished nothing for this long, "
                                    "naming what it waits for and what the cluster has (0: off)")
+    stage_resources: dict[Literal["generate", "encode", "train", "cpu"], dict[str, float]] = Field(
+        {}, description="custom resources each kind of work requests, so an autoscaler brings up the node type "
+                        "meant for it (cluster.yaml), e.g. {generate: {synrank_generate: 0.001}}")
+    resource_wait_s: float = Field(900.0, gt=0.0, description="how long a stage waits for a node that can run its "
+                                   "work before failing with the missing resources named")
 
 
 class EncoderConfig(Section):
@@ -55,7 +60,10 @@ class EngineSection(Section):
 
     engine: Literal["vllm", "transformers"] = "vllm"
     engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
-    num_engines: int | None = Field(None, ge=1, description="engine replicas (default: from the cluster)")
+    num_engines: int | None = Field(None, ge=1, description="engine replicas, the pool's maximum (default: from the "
+                                    "cluster as it is; set it on a cluster that scales from zero)")
+    min_engines: int | None = Field(None, ge=1, description="engines that must be ready before work starts; the "
+                                    "others join as their nodes come up (default: all)")
     engine_cpus: float | None = Field(None, gt=0.0, description="Ray CPUs per CPU engine (default: a node's CPUs "
                                       "less min(1, half of them), left to the Ray Data tasks that feed the engine)")
     engine_retries: int = Field(2, ge=0, description="an engine call that raises: restart the engine and retry the "

@@ -170,7 +170,7 @@ class Pipeline:
 
     def generate(self, queries: dict[str, str], upstream: str) -> tuple[dict[str, str], str]:
         gen = self.cfg.generate
-        settings = gen.model_dump(exclude={"queries", "out", "limit", "engine_pool", "num_engines", "engine_cpus"})
+        settings = gen.model_dump(exclude={"queries", "out", "limit", "engine_pool", "num_engines", "min_engines", "engine_cpus"})
         # The test queries need passages only when they make the test collection themselves.
         parts = ["train"] if self.cfg.pipeline.collection else ["train", "test"]
         fp = fingerprint("generate", upstream, settings, parts)
@@ -182,7 +182,8 @@ class Pipeline:
             from synrank.generate.pool import EnginePool
 
             out = {}
-            pool = EnginePool.start(spec_from_config(gen), gen.num_engines, cpus_per_engine=gen.engine_cpus)
+            pool = EnginePool.start(spec_from_config(gen), gen.num_engines, min_engines=gen.min_engines,
+                                    cpus_per_engine=gen.engine_cpus, engine_retries=gen.engine_retries)
             try:
                 for part in parts:
                     table = read_queries(queries[part])
@@ -308,11 +309,9 @@ class Pipeline:
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> PipelineResult:
-        from synrank.runtime import init_ray
+        from synrank.runtime import init_ray_for
 
-        rt = self.cfg.runtime
-        init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory,
-                 stall_warning_s=rt.stall_warning_s)
+        init_ray_for(self.cfg.runtime)
         write_text(_config_yaml(self.cfg), self.dir.path("config.yaml"))
         queries, fp = self.split()
         generated: dict[str, str] = {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,21 @@ def init_ray(
     num_gpus: int | None = None,
     object_store_memory: int | None = None,
     stall_warning_s: float | None = None,
+    stage_resources: Mapping[str, Mapping[str, float]] | None = None,
+    resource_wait_s: float | None = None,
 ) -> ClusterResources:
     """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray bound to 127.0.0.1.
 
     Reuses an already initialised Ray in this process. Returns the cluster's resources.
-    `stall_warning_s`: the default of `watch_progress` for this process.
+    `stall_warning_s`: the default of `watch_progress` for this process. `stage_resources`: the
+    custom resources each kind of work requests (`set_stage_resources`). `resource_wait_s`: how long
+    a stage waits for the cluster to offer what it asks for (`wait_for_node`).
     """
     set_stall_warning(stall_warning_s)
+    if stage_resources is not None:
+        set_stage_resources(stage_resources)
+    if resource_wait_s is not None:
+        set_resource_wait(resource_wait_s)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         _embedded_defaults()
@@ -68,7 +78,7 @@ def init_ray(
     if not ray.is_initialized():
         if address:
             log.info("connecting to Ray at %s", address)
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=_job_runtime_env())
         else:
             global _started_here
             _started_here = True
@@ -81,8 +91,16 @@ def init_ray(
                 _node_ip_address=LOOPBACK,
                 include_dashboard=False,
                 log_to_driver=True,
+                runtime_env=_job_runtime_env(),
             )
     return cluster_resources()
+
+
+def init_ray_for(runtime: Any, address: str | None = None) -> ClusterResources:
+    """`init_ray` with every setting of a `RuntimeConfig` (the `runtime:` section of a config)."""
+    return init_ray(address or runtime.address, num_cpus=runtime.num_cpus, num_gpus=runtime.num_gpus,
+                    object_store_memory=runtime.object_store_memory, stall_warning_s=runtime.stall_warning_s,
+                    stage_resources=runtime.stage_resources, resource_wait_s=runtime.resource_wait_s)
 
 
 def cluster_resources() -> ClusterResources:
@@ -99,6 +117,120 @@ def cluster_resources() -> ClusterResources:
         num_gpus=float(total.get("GPU", 0.0)),
         num_nodes=len(nodes),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Stage resources: what each kind of work asks of the cluster besides CPUs and GPUs, so that an
+# autoscaler brings up the node type meant for it (cluster.yaml gives every worker type one unit of
+# its `synrank_*` resource). Requests are a small fraction of that unit: they select the node type
+# without limiting how many actors share a node, which CPUs and GPUs already do.
+
+STAGE_KINDS = ("generate", "encode", "train", "cpu")
+_STAGE_RESOURCES_ENV = "SYNRANK_STAGE_RESOURCES"
+_INHERITED_STAGE_RESOURCES = os.environ.get(_STAGE_RESOURCES_ENV)
+
+
+def set_stage_resources(resources: Mapping[str, Mapping[str, float]]) -> None:
+    """`{"generate": {"synrank_generate": 0.001}, "train": {...}, "encode": {...}, "cpu": {...}}`.
+    Kept in the environment, which Ray hands to this job's workers, so nested drivers (Tune trials)
+    and tasks see the same requests."""
+    unknown = sorted(set(resources) - set(STAGE_KINDS))
+    if unknown:
+        raise ValueError(f"runtime.stage_resources: unknown kind(s) {', '.join(unknown)}; "
+                         f"expected some of {', '.join(STAGE_KINDS)}")
+    plain = {kind: {str(k): float(v) for k, v in (res or {}).items()} for kind, res in resources.items()}
+    for kind, res in plain.items():
+        for name, amount in res.items():
+            if name in ("CPU", "GPU", "memory") or amount <= 0:
+                raise ValueError(f"runtime.stage_resources.{kind}.{name}: give custom resources with a positive "
+                                 "amount (CPUs and GPUs are sized by each stage)")
+    os.environ[_STAGE_RESOURCES_ENV] = json.dumps(plain, sort_keys=True)
+
+
+def stage_resources() -> dict[str, dict[str, float]]:
+    raw = os.environ.get(_STAGE_RESOURCES_ENV, "")
+    return json.loads(raw) if raw else {}
+
+
+def stage_options(kind: str) -> dict[str, Any]:
+    """Ray options (`resources=`) for a task or actor doing `kind` of work; {} when none are set."""
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; expected one of {', '.join(STAGE_KINDS)}")
+    res = stage_resources().get(kind) or {}
+    return {"resources": dict(res)} if res else {}
+
+
+def _job_runtime_env() -> dict[str, Any] | None:
+    """The stage resources set in this process, for this job's workers (a job submitted with them in
+    its runtime_env already hands them on; Ray refuses the same variable twice)."""
+    raw = os.environ.get(_STAGE_RESOURCES_ENV)
+    if not raw or raw == _INHERITED_STAGE_RESOURCES:
+        return None
+    return {"env_vars": {_STAGE_RESOURCES_ENV: raw}}
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting for the cluster to offer what a stage asks for. On a cluster that scales from zero the
+# nodes a stage needs are not up when it starts; its pending actors and tasks make the autoscaler
+# launch them. A stage waits for them with a progress line, and fails with the missing resources
+# named if none joins in time (a node type missing from cluster.yaml, or at its max_workers).
+
+DEFAULT_RESOURCE_WAIT_S = 900.0
+_resource_wait_s = DEFAULT_RESOURCE_WAIT_S
+_WAIT_LOG_EVERY_S = 30.0
+
+
+class ResourceWaitError(RuntimeError):
+    """No node that can run a stage's work joined the cluster in time."""
+
+
+def set_resource_wait(seconds: float) -> None:
+    global _resource_wait_s
+    _resource_wait_s = float(seconds)
+
+
+def fits(request: Mapping[str, float], node_resources: Mapping[str, float]) -> bool:
+    return all(node_resources.get(name, 0.0) >= amount for name, amount in request.items() if amount > 0)
+
+
+def nodes_that_fit(request: Mapping[str, float]) -> list[str]:
+    """Alive nodes whose total resources hold `request` (free or not)."""
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and fits(request, n.get("Resources", {}))]
+
+
+def wait_for_node(request: Mapping[str, float], what: str, timeout_s: float | None = None,
+                  poll_s: float = 1.0) -> None:
+    """Until a node whose resources hold `request` is alive. Logs progress every 30 s; raises
+    `ResourceWaitError` naming the resources no node has after `timeout_s` (`runtime.resource_wait_s`)."""
+    timeout_s = _resource_wait_s if timeout_s is None else timeout_s
+    started = time.monotonic()
+    logged = started
+    while not nodes_that_fit(request):
+        now = time.monotonic()
+        if now - started >= timeout_s:
+            raise ResourceWaitError(_missing_message(request, what, timeout_s))
+        if now - logged >= _WAIT_LOG_EVERY_S:
+            logged = now
+            log.info("%s: waiting for a node with {%s} (%.0f s of %.0f s; an autoscaling cluster is launching one "
+                     "for the pending work)", what, _fmt(request), now - started, timeout_s)
+        time.sleep(poll_s)
+    if time.monotonic() - started > 1.0:
+        log.info("%s: a node with {%s} joined after %.0f s", what, _fmt(request), time.monotonic() - started)
+
+
+def _missing_message(request: Mapping[str, float], what: str, timeout_s: float) -> str:
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    short = sorted(name for name, amount in request.items() if not any(n.get(name, 0.0) >= amount for n in nodes))
+    missing = ", ".join(short) or "no single node holds them all"
+    return (f"{what} needs a node with {{{_fmt(request)}}}; none joined the cluster within {timeout_s:.0f} s "
+            f"(runtime.resource_wait_s). Missing: {missing}. Nodes up: "
+            + ("; ".join(f"{{{_fmt(_plain(n))}}}" for n in nodes) or "none")
+            + ". On an autoscaling cluster, check that cluster.yaml has a node type with these resources and that "
+              "its max_workers is not reached; on a fixed cluster, lower the request or add such a node.")
 
 
 def shutdown() -> None:

@@ -53,3 +53,33 @@ def test_broken_copies_fail_validation(cluster, breakage, reason):
     with pytest.raises((jsonschema.ValidationError, ValueError)) as err:
         launcher_validate(broken)
     assert reason in str(err.value)
+
+
+# GPUs per instance type (AWS): what the autoscaler reads from the instance type.
+INSTANCE_GPUS = {"p4d.24xlarge": 8, "g5.12xlarge": 4, "m6i.4xlarge": 0, "m6i.2xlarge": 0}
+
+
+@pytest.mark.parametrize("config_name", ["msmarco-gpu.yaml", "study-msmarco-gpu.yaml"])
+def test_gpu_configs_request_resources_cluster_yaml_declares_within_its_maxima(cluster, config_name):
+    """Each kind of work asks for a custom resource some node type has (else the autoscaler can
+    never bring its node up), and the pool maxima fit the node types' max_workers."""
+    from synrank.config import RunConfig, load
+    from synrank.study.config import load_study
+
+    path = CLUSTER_YAML.parent / "jobs" / "configs" / config_name
+    run = load_study(path).base if config_name.startswith("study") else load(RunConfig, path)
+    types = cluster["available_node_types"]
+    holder = {}
+    for kind, resources in run.runtime.stage_resources.items():
+        for name in resources:
+            owners = [t for t, spec in types.items() if name in spec.get("resources", {})]
+            assert owners, f"{config_name}: runtime.stage_resources.{kind} asks for {name}, no node type has it"
+            holder[kind] = owners[0]
+    assert set(holder) == {"generate", "train", "encode", "cpu"}, config_name
+    gen = types[holder["generate"]]
+    engines_per_node = INSTANCE_GPUS[gen["node_config"]["InstanceType"]] // run.generate.tensor_parallel_size
+    assert run.generate.num_engines, f"{config_name}: a pool on a cluster that scales from zero needs a maximum"
+    assert run.generate.num_engines <= gen["max_workers"] * engines_per_node
+    if run.evaluate.num_encoders:
+        enc = types[holder["encode"]]
+        assert run.evaluate.num_encoders <= enc["max_workers"] * INSTANCE_GPUS[enc["node_config"]["InstanceType"]]

@@ -113,5 +113,5 @@ def start_pool(cfg, address: str | None = None) -> tuple[Any, bool]:
     spec = spec_from_config(cfg)
     if cfg.engine_pool:
         return EnginePool.attach(cfg.engine_pool, spec), False
-    return EnginePool.start(spec, cfg.num_engines, cpus_per_engine=cfg.engine_cpus,
+    return EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines, cpus_per_engine=cfg.engine_cpus,
                             engine_retries=cfg.engine_retries), True

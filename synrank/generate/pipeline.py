@@ -497,7 +497,7 @@ def generate(
     import ray
 
     from synrank.generate.pool import EnginePool
-    from synrank.runtime import init_ray, watch_progress
+    from synrank.runtime import init_ray_for, stage_options, watch_progress
 
     if not cfg.out:
         raise GenerateError("generate.out is required (--out DIR)")
@@ -510,17 +510,13 @@ def generate(
     spec = spec_from_config(cfg)
     plan = plan_shards(queries, cfg)  # input problems surface before Ray or engines start
     rt = runtime or RuntimeConfig()
-    init_ray(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, object_store_memory=rt.object_store_memory,
-             stall_warning_s=rt.stall_warning_s)
+    init_ray_for(rt)
 
     own_pool = None
     if pool is None and cfg.engine_pool:
         pool = EnginePool.attach(cfg.engine_pool, spec)
     if pool is not None and pool.spec.label != spec.label:
         raise GenerateError(f"the engine pool runs {pool.spec.label}, the config asks for {spec.label}")
-    num_engines = pool.num_engines if pool is not None else (cfg.num_engines or _default_engines(spec))
-    for task in plan.tasks:
-        task.engine = task.shard % num_engines
 
     _check_manifest(out, settings, cfg.overwrite)
     _remove_stale(out, len(plan.tasks))
@@ -533,14 +529,18 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
-            own_pool = pool = EnginePool.start(spec, num_engines, cpus_per_engine=cfg.engine_cpus,
-                                               engine_retries=cfg.engine_retries)
+            own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
+                                               cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
             run["engine_startup_s"] = round(time.perf_counter() - startup, 2)
+        for task in todo:
+            task.engine = task.shard % pool.num_engines
         try:
             settings = _with_seed_mode(settings, pool)
             began = time.perf_counter()
             ds = ray.data.from_items([{"task": t.to_json()} for t in todo], override_num_blocks=len(todo))
-            ds = ds.map(_expand, fn_kwargs={"settings": settings}, num_cpus=0.1)
+            # The feeders run beside the engines: on an autoscaling cluster, on the generation nodes.
+            feeders = {"num_cpus": 0.1, **stage_options("generate")}
+            ds = ds.map(_expand, fn_kwargs={"settings": settings}, **feeders)
             handle = pool.handle()
             if isinstance(handle, PoolHandle):
                 handle = replace(handle, retries=cfg.engine_retries)
@@ -549,7 +549,7 @@ def generate(
                 fn_constructor_kwargs={"pool": handle, "settings": settings},
                 # two per engine: while one parses and writes a shard, the engine serves the other
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
-                num_cpus=0.1,
+                **feeders,
             )
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in ds.iter_rows():
@@ -581,13 +581,6 @@ def _with_seed_mode(settings: RunSettings, pool: Any) -> RunSettings:
     from dataclasses import replace
 
     return replace(settings, per_request_seed=pool.per_request_seed)
-
-
-def _default_engines(spec: EngineSpec) -> int:
-    from synrank.generate.pool import default_num_engines
-    from synrank.runtime import cluster_resources
-
-    return default_num_engines(spec, cluster_resources())
 
 
 def expected_doc_ids(queries: Iterable[str], n_levels: int, samples_per_level: int, model: str,

@@ -297,18 +297,33 @@ def _restart(actor: Any, restarts_before: int) -> None:
         time.sleep(0.2)
 
 
-def default_num_engines(spec: EngineSpec, resources: Any) -> int:
-    """Engines the connected cluster holds: GPU replicas of `tensor_parallel_size`, else one per node."""
+def engine_nodes(custom: dict[str, float] | None = None) -> list[dict[str, float]]:
+    """The total resources of each alive node that may host engines (those holding the generation
+    stage's custom resources, when set)."""
+    import ray
+
+    from synrank.runtime import fits
+
+    return [n.get("Resources", {}) for n in ray.nodes()
+            if n.get("Alive") and fits(custom or {}, n.get("Resources", {}))]
+
+
+def default_num_engines(spec: EngineSpec, resources: Any, nodes: Sequence[dict[str, float]] | None = None) -> int:
+    """Engines the connected cluster holds now: GPU replicas of `tensor_parallel_size` on the engine
+    nodes, else one per CPU engine node. `nodes`: the engine nodes' resources (default: every node)."""
     device = engine_device(spec, resources)
+    if nodes is None:
+        nodes = engine_nodes()
     if device == "cuda":
-        n = int(resources.num_gpus // spec.tensor_parallel_size)
+        n = int(sum(node.get("GPU", 0.0) for node in nodes) // spec.tensor_parallel_size)
         if n < 1:
             raise ValueError(
                 f"tensor_parallel_size={spec.tensor_parallel_size} needs {spec.tensor_parallel_size} GPUs per engine, "
-                f"the cluster has {resources.num_gpus:g}; set num_engines for an autoscaling cluster"
+                f"the engine nodes up now have {sum(node.get('GPU', 0.0) for node in nodes):g}; on a cluster that "
+                "scales from zero, set generate.num_engines (the pool's maximum)"
             )
         return n
-    return max(1, int(resources.num_nodes))
+    return max(1, sum(1 for node in nodes if node.get("CPU", 0.0) > 0))
 
 
 def engine_device(spec: EngineSpec, resources: Any) -> str:
@@ -317,18 +332,35 @@ def engine_device(spec: EngineSpec, resources: Any) -> str:
     return "cuda" if resources.has_gpu else "cpu"
 
 
-def default_cpus_per_engine() -> float:
-    """The CPUs of the smallest alive node less a reserve of min(1, half of them) for the Ray Data
+def default_cpus_per_engine(nodes: Sequence[dict[str, float]] | None = None) -> float:
+    """The CPUs of the smallest engine node less a reserve of min(1, half of them) for the Ray Data
     tasks that feed the engine (0.5 on a 1-CPU node, 1 on 2 CPUs, 15 on 16)."""
-    import ray
-
-    sizes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    sizes = [n.get("CPU", 0.0) for n in (engine_nodes() if nodes is None else nodes)]
     smallest = min((s for s in sizes if s > 0), default=1.0)
     return cpus_per_engine_for(smallest)
 
 
 def cpus_per_engine_for(node_cpus: float) -> float:
     return round(node_cpus - min(1.0, node_cpus / 2), 4)
+
+
+def _first_engine_node(custom: dict[str, float], gpus: int, what: str, wait_s: float | None) -> None:
+    """On a cluster that scales from zero, ask the autoscaler for one node of the generation type
+    and wait for it, so the pool can be sized from a real node (its CPUs, its GPUs)."""
+    from ray.autoscaler.sdk import request_resources
+
+    from synrank.runtime import nodes_that_fit, wait_for_node
+
+    bundle = {**custom, **({"GPU": float(gpus)} if gpus else {})}
+    if nodes_that_fit(bundle):
+        return
+    log.info("%s: no node with {%s} is up; asking the autoscaler for one", what,
+             ", ".join(f"{k}: {v:g}" for k, v in sorted(bundle.items())))
+    request_resources(bundles=[bundle])
+    try:
+        wait_for_node(bundle, what, wait_s)
+    finally:
+        request_resources(bundles=[])
 
 
 class EnginePool:
@@ -358,34 +390,49 @@ class EnginePool:
         wait: bool = True,
         engine_retries: int = 2,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
+        min_engines: int | None = None,
+        resource_wait_s: float | None = None,
     ) -> "EnginePool":
-        """Start engines on the connected cluster (`synrank.runtime.init_ray` first)."""
+        """Start engines on the connected cluster (`synrank.runtime.init_ray` first).
+
+        `num_engines` is the pool's size (default: what the engine nodes up now hold). With `wait`,
+        returns once `min_engines` (default: all) are ready; the others join the pool as they come
+        up (pending ones are what makes an autoscaler add nodes). Engines request the generation
+        stage's custom resources (`runtime.stage_resources.generate`); when none of those nodes is up,
+        the pool first asks the autoscaler for one and waits for it (`resource_wait_s`).
+        """
         import ray
 
-        from synrank.runtime import cluster_resources
+        from synrank.runtime import cluster_resources, stage_options
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call synrank.runtime.init_ray() first")
-        resources = cluster_resources()
-        device = engine_device(spec, resources)
-        if device == "cuda" and not resources.has_gpu and num_engines is None:
-            raise ValueError("device=cuda but the cluster has no GPU; set num_engines for an autoscaling cluster")
-        n = num_engines or default_num_engines(spec, resources)
         if name is not None and cls._find(name):
             raise ValueError(f"an engine pool named {name!r} already runs on this cluster; attach to it or stop it")
+        if min_engines is not None and num_engines is not None and min_engines > num_engines:
+            raise ValueError(f"min_engines={min_engines} exceeds num_engines={num_engines}")
+        custom = stage_options("generate").get("resources", {})
+        if custom and wait:
+            gpus = spec.tensor_parallel_size if spec.device == "cuda" else 0
+            _first_engine_node(custom, gpus, f"engine pool ({spec.label})", resource_wait_s)
+        nodes = engine_nodes(custom)
+        resources = cluster_resources()
+        device = spec.device if spec.device != "auto" else (
+            "cuda" if any(node.get("GPU", 0.0) >= 1 for node in nodes) else "cpu")
+        n = num_engines or default_num_engines(spec, resources, nodes)
         # Ray never retries an engine call: the pool does (another engine, or a restarted one).
-        options: dict[str, Any] = dict(max_restarts=max_restarts, max_task_retries=0, max_concurrency=1)
-        if device == "cuda" and resources.has_gpu:
-            per_node = max(n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive"))
-            if spec.tensor_parallel_size > per_node:
-                raise ValueError(
-                    f"tensor_parallel_size={spec.tensor_parallel_size} exceeds the GPUs of any node ({per_node:g}): "
-                    "an engine's tensor-parallel workers run on one node"
-                )
+        options: dict[str, Any] = dict(max_restarts=max_restarts, max_task_retries=0, max_concurrency=1,
+                                       **stage_options("generate"))
+        gpus_per_node = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+        if device == "cuda" and gpus_per_node and spec.tensor_parallel_size > gpus_per_node:
+            raise ValueError(
+                f"tensor_parallel_size={spec.tensor_parallel_size} exceeds the GPUs of any engine node "
+                f"({gpus_per_node:g}): an engine's tensor-parallel workers run on one node"
+            )
         if device == "cuda":
             options.update(num_gpus=spec.tensor_parallel_size, num_cpus=1)
         else:
-            options.update(num_cpus=cpus_per_engine if cpus_per_engine is not None else default_cpus_per_engine(),
+            options.update(num_cpus=cpus_per_engine if cpus_per_engine is not None else default_cpus_per_engine(nodes),
                            scheduling_strategy="SPREAD")
         if detached:
             if name is None:
@@ -401,22 +448,43 @@ class EnginePool:
         log.info("starting %d %s engine(s) of %s%s", n, device, spec.label, f" as pool {name!r}" if name else "")
         pool = cls(actors, spec, name=name, owned=True, engine_retries=engine_retries)
         if wait:
-            from synrank.runtime import watch_progress
-
-            try:
-                refs = [a.ready.remote() for a in actors]
-                with watch_progress(f"engine pool: starting {n} {device} engine(s) of {spec.label}") as watch:
-                    left = refs
-                    while left:
-                        _, left = ray.wait(left, num_returns=1)
-                        watch.tick()
-                pool.infos = ray.get(refs)
-            except Exception:
-                pool.shutdown()
-                raise
-            for info in pool.infos:
-                log.info("engine ready on %s in %.1f s (pid %s)", info["device"], info["startup_s"], info["pid"])
+            one_engine = {k: v for k, v in options.get("resources", {}).items()}
+            one_engine.update(CPU=options["num_cpus"], **({"GPU": options["num_gpus"]} if "num_gpus" in options else {}))
+            pool._wait_ready(min_engines or n, device, one_engine, resource_wait_s)
         return pool
+
+    def _wait_ready(self, needed: int, device: str, one_engine: dict[str, float],
+                    resource_wait_s: float | None) -> None:
+        """Until `needed` engines are ready; an engine that fails to start fails the pool, and so does
+        a cluster where no node can ever hold one engine (`runtime.resource_wait_s`)."""
+        import ray
+
+        from synrank.runtime import wait_for_node, watch_progress
+
+        try:
+            wait_for_node(one_engine, f"engine pool ({self.spec.label})", resource_wait_s)
+        except Exception:
+            self.shutdown()
+            raise
+
+        n = len(self.actors)
+        try:
+            refs = [a.ready.remote() for a in self.actors]
+            ready: list[Any] = []
+            with watch_progress(f"engine pool: starting {n} {device} engine(s) of {self.spec.label}") as watch:
+                left = refs
+                while len(ready) < needed:
+                    done, left = ray.wait(left, num_returns=1)
+                    ready += done
+                    watch.tick()
+            self.infos = ray.get(ready)
+        except Exception:
+            self.shutdown()
+            raise
+        for info in self.infos:
+            log.info("engine ready on %s in %.1f s (pid %s)", info["device"], info["startup_s"], info["pid"])
+        if needed < n:
+            log.info("%d of %d engines ready; the others join as their nodes come up", needed, n)
 
     @classmethod
     def _find(cls, name: str) -> list[Any]:

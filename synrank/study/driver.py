@@ -201,7 +201,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
     Resuming keeps failed trials failed unless `retry_failed` (then they start over)."""
     from ray import tune
 
-    from synrank.runtime import init_ray
+    from synrank.runtime import init_ray_for
     from synrank.study.collections import resolve_views
 
     from synrank.study.config import absolutize
@@ -213,8 +213,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
     store = StudyStore(study.study_dir)
     _check_same_study(store, study, fresh)
     rt = study.base.runtime
-    resources = init_ray(address or rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
-                         object_store_memory=rt.object_store_memory)
+    resources = init_ray_for(rt, address)
     store.write_text(to_yaml(study), store.config_path)
     store.write_json(_comparable(study), store.path("study.json"))
 

@@ -79,12 +79,10 @@ def _train(args: argparse.Namespace) -> int:
                              "groups section (groups.source with groups.synthetic / groups.collection)")
         groups = _build_groups(run, run.groups.out or storage.join(out, "groups.parquet"))
 
-    from synrank.runtime import init_ray
+    from synrank.runtime import init_ray_for
     from synrank.train.trainer import fit
 
-    rt = run.runtime
-    init_ray(args.address or rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
-             object_store_memory=rt.object_store_memory)
+    init_ray_for(run.runtime, args.address)
     result = fit(cfg, groups, out)
     last = result.metrics_history[-1] if result.metrics_history else {}
     print(json.dumps({"model": result.model_dir, "out": out, "steps": last.get("step"),

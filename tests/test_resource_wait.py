@@ -1,0 +1,75 @@
+"""A stage whose nodes are not up waits for them, and fails naming what is missing when none comes
+(`runtime.resource_wait_s`); the custom resources a config gives each kind of work reach the
+work's Ray options. Runs on the test session's embedded Ray, which has no autoscaler: a request
+for a node type it lacks can never be met (tests/test_autoscaling.py shows one being met)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from synrank import runtime
+from synrank.generate.engine import EngineSpec
+from synrank.generate.pool import EnginePool
+
+
+@pytest.fixture
+def stage_resources():
+    """Set stage resources for one test; restored afterwards."""
+    before = runtime.stage_resources()
+
+    def set_(resources):
+        runtime.set_stage_resources(resources)
+
+    yield set_
+    runtime.set_stage_resources(before)
+
+
+def test_stage_options_carry_the_configured_custom_resources(stage_resources):
+    stage_resources({"generate": {"synrank_generate": 0.001}})
+    assert runtime.stage_options("generate") == {"resources": {"synrank_generate": 0.001}}
+    assert runtime.stage_options("train") == {}
+    with pytest.raises(ValueError, match="unknown stage kind 'gpu'"):
+        runtime.stage_options("gpu")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"gpu": {"x": 1}}, "unknown kind"),
+    ({"train": {"GPU": 1}}, "runtime.stage_resources.train.GPU"),
+    ({"cpu": {"synrank_cpu": 0}}, "runtime.stage_resources.cpu.synrank_cpu"),
+])
+def test_bad_stage_resources_are_refused_naming_the_key(bad, message):
+    with pytest.raises(ValueError, match=message):
+        runtime.set_stage_resources(bad)
+
+
+def test_waiting_for_a_node_type_that_never_comes_names_the_missing_resource(ray_session):
+    started = time.monotonic()
+    with pytest.raises(runtime.ResourceWaitError) as err:
+        runtime.wait_for_node({"CPU": 1, "synrank_generate": 0.001}, "test stage", timeout_s=2, poll_s=0.2)
+    assert 2 <= time.monotonic() - started < 10
+    text = str(err.value)
+    assert "test stage needs a node with {CPU: 1, synrank_generate: 0.001}" in text
+    assert "Missing: synrank_generate." in text and "runtime.resource_wait_s" in text
+
+
+def test_waiting_ends_as_soon_as_a_fitting_node_is_up(ray_session):
+    started = time.monotonic()
+    runtime.wait_for_node({"CPU": 1}, "test stage", timeout_s=30)
+    assert time.monotonic() - started < 2
+
+
+def test_an_engine_pool_waits_for_its_node_type_then_fails_clearly_and_leaves_no_engine(ray_session, stage_resources):
+    import ray._private.state as state
+
+    stage_resources({"generate": {"synrank_generate": 0.001}})
+    engines_before = _engine_actors(state)
+    with pytest.raises(runtime.ResourceWaitError, match="engine pool .* synrank_generate"):
+        EnginePool.start(EngineSpec(model="default"), resource_wait_s=2)
+    assert _engine_actors(state) == engines_before
+
+
+def _engine_actors(state) -> int:
+    return sum(1 for a in state.actors().values()
+               if str(a.get("ActorClassName", "")).endswith("EngineActor") and a.get("State") != "DEAD")
