@@ -1,5 +1,6 @@
-"""Training: batches and labels, the loop in-process (every loss, exact resume), and Ray Train runs
-with two CPU workers (learning, gathering, checkpoints, export, faults).
+"""Training: batches and labels, the loop in-process (every loss, exact resume), two gloo processes
+against one on the concatenated batch, and Ray Train runs with two CPU workers (each reading only
+its shard of the groups, learning, checkpoints, export, faults).
 
 A 2-layer cut of the packaged all-MiniLM-L6-v2 and tiny max lengths keep each step cheap on a
 2-core CI box; the Ray Train behaviour does not depend on the model's depth.
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from synrank.config import EncoderConfig, GroupsConfig, TrainConfig
-from synrank.train.collate import BatchPlan, GroupData, collate
+from synrank.train.collate import BatchPlan, Group, GroupShard, collate, label_matrices
 from synrank.train.loop import lr_lambda
 
 # --------------------------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ def cranfield_groups(shared_data, tmp_path_factory) -> str:
     from synrank.data.groups import build_groups, write_groups
 
     cfg = GroupsConfig(source="human", collection=str(shared_data / "cranfield"), qrels_levels=5, n_levels=5,
-                       group_size=3, bm25_negatives=10, limit=8)
+                       group_size=3, bm25_negatives=10, limit=9)
     table, stats = build_groups(cfg)
     path = str(tmp_path_factory.mktemp("groups") / "cranfield-human.parquet")
     write_groups(table, path, stats)
@@ -77,42 +78,58 @@ def _hand_groups(tmp_path: Path, n: int = 6) -> str:
 # batches, labels, schedule
 
 
+def _groups(doc_ids: list[list[str]], grades: list[list[float]]) -> list[Group]:
+    return [Group(f"q{i}", f"query {i}", ids, [f"t{d}" for d in ids], g)
+            for i, (ids, g) in enumerate(zip(doc_ids, grades))]
+
+
 def test_collate_labels_mask_and_duplicates():
-    data = GroupData(
-        query_ids=["a", "b", "c", "d"],
-        queries=["qa", "qb", "qc", "qd"],
-        doc_ids=[["x", "y"], ["z", "x", "w"], ["u"], ["v", "t"]],
-        texts=[["tx", "ty"], ["tz", "tx", "tw"], ["tu"], ["tv", "tt"]],
-        grades=[[2.0, 0.0], [1.0, 0.0, 0.0], [3.0], [1.0, 1.0]],
-    )
-    gidx = np.array([0, 1, 2, 3])
-    b0 = collate(data, gidx, 0, 2, 3)
-    b1 = collate(data, gidx, 1, 2, 3)
-    assert b0.labels.shape == (4, 12) and torch.equal(b0.labels, b1.labels) and torch.equal(b0.mask, b1.mask)
-    assert b0.queries == ["qa", "qb"] and b0.passages == ["tx", "ty", "tz", "tx", "tw"]
+    groups = _groups([["x", "y"], ["z", "x", "w"], ["u"], ["v", "t"]],
+                     [[2.0, 0.0], [1.0, 0.0, 0.0], [3.0], [1.0, 1.0]])
+    b0, b1 = collate(groups[:2], 3), collate(groups[2:], 3)
+    assert b0.queries == ["query 0", "query 1"] and b0.passages == ["tx", "ty", "tz", "tx", "tw"]
     assert b0.slots.tolist() == [0, 1, 3, 4, 5] and b1.passages == ["tu", "tv", "tt"]
     assert b1.slots.tolist() == [0, 3, 4]
+    assert b0.grades.tolist() == [[2, 0, 0], [1, 0, 0]]
+    assert b1.valid.tolist() == [[True, False, False], [True, True, False]]
+    # the global batch: both workers' compact data in rank order
+    compact = [torch.cat([b0.grades, b1.grades]), torch.cat([b0.valid, b1.valid]),
+               torch.cat([b0.doc_keys, b1.doc_keys])]
+    labels, mask = label_matrices(*compact)
+    assert labels.shape == (4, 12)
     # own grades on own slots, 0 elsewhere
-    assert b0.labels[0].tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    assert b0.labels[2, 6].item() == 3.0 and b0.labels[3, 9:11].tolist() == [1.0, 1.0]
+    assert labels[0].tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert labels[2, 6].item() == 3.0 and labels[3, 9:11].tolist() == [1.0, 1.0]
     # padding slots are masked for everyone
-    assert not b0.mask[:, 2].any() and not b0.mask[:, 7].any() and not b0.mask[:, 8].any()
-    # "x" is a's own passage and also sits in b's group: that copy is masked for a, and vice versa
-    assert not b0.mask[0, 4] and b0.mask[0, 3] and not b0.mask[1, 0] and b0.mask[1, 4]
-    own_only = collate(data, gidx, 0, 2, 3, in_batch_negatives=False)
-    assert own_only.mask[0].tolist() == [True, True] + [False] * 10
-    assert own_only.mask[1].tolist() == [False] * 3 + [True] * 3 + [False] * 6
+    assert not mask[:, 2].any() and not mask[:, 7].any() and not mask[:, 8].any()
+    # "x" is query 0's own passage and also sits in query 1's group: that copy is masked for query 0, and vice versa
+    assert not mask[0, 4] and mask[0, 3] and not mask[1, 0] and mask[1, 4]
+    _, own_only = label_matrices(*compact, in_batch_negatives=False)
+    assert own_only[0].tolist() == [True, True] + [False] * 10
+    assert own_only[1].tolist() == [False] * 3 + [True] * 3 + [False] * 6
 
 
-def test_batch_plan_is_deterministic_and_covers_each_epoch():
-    plan = BatchPlan(10, 2, 2, seed=3)
+def test_batch_plan_is_deterministic_and_covers_each_epoch_of_the_shard():
+    plan = BatchPlan(5, 2, 2, seed=3, rank=1)
     assert plan.per_epoch == 2
-    epoch0 = np.concatenate([plan.global_indices(0), plan.global_indices(1)])
-    assert len(set(epoch0.tolist())) == 8
-    assert BatchPlan(10, 2, 2, seed=3).global_indices(3).tolist() == plan.global_indices(3).tolist()
-    assert plan.epoch_of(3) == 1 and plan.global_indices(2).tolist() != plan.global_indices(0).tolist()
-    with pytest.raises(ValueError, match="cannot fill one global batch"):
-        BatchPlan(3, 2, 2, seed=0)
+    epoch0 = np.concatenate([plan.indices(0), plan.indices(1)])
+    assert len(set(epoch0.tolist())) == 4 and set(epoch0.tolist()) <= set(range(5))
+    assert BatchPlan(5, 2, 2, seed=3, rank=1).indices(3).tolist() == plan.indices(3).tolist()
+    assert plan.epoch_of(3) == 1 and plan.order(1).tolist() != plan.order(0).tolist()
+    assert BatchPlan(5, 2, 2, seed=3, rank=0).order(0).tolist() != plan.order(0).tolist()
+    with pytest.raises(ValueError, match="cannot fill one global batch of 4"):
+        BatchPlan(1, 2, 2, seed=0)
+
+
+def test_group_shard_rejects_groups_whose_lists_differ_in_length():
+    import pyarrow as pa
+
+    from synrank.data.groups import GroupsError
+
+    table = pa.Table.from_pylist([{"query_id": "q0", "query": "q", "doc_ids": ["a", "b"], "texts": ["ta"],
+                                   "grades": [1.0, 0.0]}])
+    with pytest.raises(GroupsError, match="'q0'"):
+        GroupShard(table, "hand.parquet")
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -136,12 +153,10 @@ def test_scores_put_length_sorted_passage_chunks_back_in_their_slots(tiny_encode
 
     words = "lift drag wing flow shock layer heat nozzle panel flutter".split()
     n = 9
-    data = GroupData(
-        query_ids=[f"q{i}" for i in range(n)], queries=[f"{words[i]} question" for i in range(n)],
-        doc_ids=[[f"d{i}-{j}" for j in range(1 + i % 3)] for i in range(n)],
-        texts=[[" ".join(words[: 1 + (i * 7 + j * 3) % 10]) for j in range(1 + i % 3)] for i in range(n)],
-        grades=[[1.0] + [0.0] * (i % 3) for i in range(n)])
-    batch = collate(data, np.arange(n), 0, 1, 3)
+    groups = [Group(f"q{i}", f"{words[i]} question", [f"d{i}-{j}" for j in range(1 + i % 3)],
+                    [" ".join(words[: 1 + (i * 7 + j * 3) % 10]) for j in range(1 + i % 3)], [1.0] + [0.0] * (i % 3))
+              for i in range(n)]
+    batch = collate(groups, 3)
     encoder = BiEncoder(_encoder(tiny_encoder)).eval()
     with torch.no_grad():
         scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
@@ -237,14 +252,47 @@ def test_train_cli_dry_run(capsys):
 # Ray Train, two CPU workers
 
 
+def _groups_read_callback(queue):
+    """A Ray Train callback that puts every report's ``groups_read`` of each worker (rank order) on
+    `queue` (callbacks run in the Train controller, not in this process)."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class GroupsRead(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            queue.put([m["groups_read"] for m in metrics])
+
+    return GroupsRead()
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(ray_session, tiny_encoder, cranfield_groups, tmp_path_factory):
+    """The run, and the groups each worker read, as every report gave them ([[rank 0, rank 1], ...])."""
+    import ray
+    from ray.util.queue import Queue
+
     from synrank.train import fit
 
     out = tmp_path_factory.mktemp("run2")
     cfg = TrainConfig(encoder=_encoder(tiny_encoder), loss="infonce", batch_size=2, num_workers=2, max_steps=12,
                       lr=2e-4, warmup_ratio=0.1, dropout=0.0, seed=0, checkpoint_every=4, keep_checkpoints=2)
-    return cfg, fit(cfg, cranfield_groups, str(out)), cranfield_groups
+    queue = Queue(actor_options={"num_cpus": 0})
+    result = fit(cfg, cranfield_groups, str(out), {"callbacks": [_groups_read_callback(queue)]})
+    groups_read = [queue.get() for _ in range(queue.size())]
+    ray.kill(queue.actor)
+    return cfg, result, groups_read
+
+
+@pytest.mark.slow
+def test_each_worker_reads_only_its_shard_of_the_groups(two_worker_run, cranfield_groups):
+    import pyarrow.parquet as pq
+
+    _, result, groups_read = two_worker_run
+    rows = pq.read_metadata(cranfield_groups).num_rows
+    assert rows == 9  # odd: the equal split drops one group
+    assert len(groups_read) == len(result.metrics_history) == 12
+    # every report: each of the two workers read half the table, together all of it but the dropped group
+    assert all(per_rank == [rows // 2, rows // 2] for per_rank in groups_read), groups_read
+    assert sum(groups_read[0]) == rows - 1
 
 
 @pytest.mark.slow
@@ -280,25 +328,52 @@ def test_two_workers_learn_checkpoint_and_export(two_worker_run):
     assert (out / "curve.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_two_workers_first_loss_equals_one_process_on_the_concatenated_batch(two_worker_run):
+def _two_process_losses(rank: int, init_file: str, encoder_path: str, halves: list, out: str) -> None:
+    """One of two gloo processes: its half of the batch through scores_for and global_labels; rank 0
+    saves the scores, labels, mask and losses of the global batch."""
+    import torch.distributed as dist
+
     from synrank.encoder import BiEncoder
-    from synrank.train.loop import Towers, build_loss, scores_for
+    from synrank.train.loop import Towers, build_loss, global_labels, scores_for
 
-    cfg, result, groups = two_worker_run
-    data = GroupData.from_path(groups)
-    plan = BatchPlan(len(data), cfg.batch_size, cfg.num_workers, cfg.seed)
-    batch = collate(data, plan.global_indices(0), 0, 1, 3, seed=cfg.seed)
-    assert batch.n_queries == 4 and batch.labels.shape == (4, 12)
-    encoder = BiEncoder(cfg.encoder)
-    encoder.train()
-    from synrank.train.loop import set_dropout
-
-    set_dropout(encoder, 0.0)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    encoder = BiEncoder(_encoder(encoder_path)).eval()
+    batch = collate(halves[rank], 3)
     with torch.no_grad():
         scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
-        reference = float(build_loss(cfg)(scores, batch.labels, batch.mask))
-    assert abs(result.metrics_history[0]["loss"] - reference) < 1e-5, (result.metrics_history[0]["loss"], reference)
+    found = {"scores": scores}
+    for in_batch in (True, False):
+        labels, mask = global_labels(batch, torch.device("cpu"), in_batch)
+        found[in_batch] = (labels, mask, {loss: float(build_loss(TrainConfig(loss=loss))(scores, labels, mask))
+                                          for loss in ("lsepair", "sycl_w2")})
+    if rank == 0:
+        torch.save(found, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_score_and_label_the_global_batch_as_one_process_does(tiny_encoder, tmp_path):
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import Towers, build_loss, global_labels, scores_for
+
+    groups = _groups([["a", "b", "c"], ["d", "a"], ["e"], ["f", "g", "b"]],
+                     [[3.0, 1.0, 0.0], [2.0, 0.0], [1.0], [3.0, 0.0, 2.0]])
+    out = str(tmp_path / "rank0.pt")
+    torch.multiprocessing.spawn(_two_process_losses, args=(str(tmp_path / "pg"), tiny_encoder, [groups[:2], groups[2:]],
+                                                           out), nprocs=2)
+    found = torch.load(out, weights_only=False)
+
+    encoder = BiEncoder(_encoder(tiny_encoder)).eval()
+    batch = collate(groups, 3)
+    with torch.no_grad():
+        scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
+    assert found["scores"].shape == (4, 12) and torch.allclose(found["scores"], scores, atol=1e-5)
+    for in_batch in (True, False):
+        labels, mask = global_labels(batch, torch.device("cpu"), in_batch)
+        gathered_labels, gathered_mask, losses = found[in_batch]
+        assert torch.equal(gathered_labels, labels) and torch.equal(gathered_mask, mask)
+        for loss, value in losses.items():
+            assert value == pytest.approx(float(build_loss(TrainConfig(loss=loss))(scores, labels, mask)), abs=1e-5)
 
 
 @pytest.mark.slow

@@ -131,16 +131,13 @@ def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, 
     from ray.util.queue import Queue
 
     from synrank.train.loop import train_loop_per_worker
-    from synrank.train.trainer import ray_storage
+    from synrank.train.trainer import groups_inputs, ray_storage, worker_resources
 
     queue = Queue(actor_options={"num_cpus": 0})
-    resources = {"CPU": train.cpus_per_worker}
-    if train.use_gpu:
-        resources["GPU"] = 1
-    resources.update(extra_resources or {})
+    resources = worker_resources(train, extra_resources)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": train.model_dump(mode="json"), "groups_path": groups_path, "out_dir": fault_dir},
+        **groups_inputs(train, groups_path, fault_dir),
         scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

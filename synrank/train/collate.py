@@ -1,11 +1,17 @@
-"""From training groups to batches: a deterministic order, per-worker slices, and the label matrix of
+"""From training groups to batches: this worker's groups, its order of them, and the label matrix of
 the global batch.
 
-Order. Epoch ``e`` visits the groups in ``numpy.random.default_rng([seed, e]).permutation(n)`` (or
-in file order with ``shuffle=False``). Micro-batch ``m`` of the run is the ``m``-th slice of
-``batch_size * world_size`` groups of that order (the tail of an epoch that does not fill a global
-batch is skipped); worker ``r`` takes the ``r``-th ``batch_size`` of it. So the data position is
-one integer, the micro-batch counter, and a resumed run continues exactly where it stopped.
+Groups. A worker holds only its shard of the training groups, as Arrow (``GroupShard``): under Ray
+Train an equal share of the table (see ``synrank.train.ingest``), in a single process the whole
+table.
+
+Order. Epoch ``e`` visits the worker's groups in
+``numpy.random.default_rng([seed, e, rank]).permutation(n_shard)`` (or in shard order with
+``shuffle=False``). Micro-batch ``m`` of the run takes the ``m``-th ``batch_size`` groups of that
+order (the tail of an epoch that does not fill a batch is skipped). Shards are equal, so every
+worker runs the same number of micro-batches per epoch, and the global batch of micro-batch ``m``
+is the workers' batches in rank order. The data position is one integer, the micro-batch counter,
+so a resumed run continues exactly where it stopped.
 
 Candidates. Every query of the global batch scores every passage slot of the global batch:
 ``N = world_size * batch_size * K`` slots, worker-major, then query, then position in the group
@@ -15,72 +21,103 @@ shorter than ``K``), copies of ``i``'s own passages that sit in another query's 
 document judged for ``i`` must not count as its negative), and, with ``in_batch_negatives=False``,
 every slot outside ``i``'s own group.
 
-Every worker holds the group table, so every worker builds the same global labels and mask without
-communication; only the embeddings are gathered.
+A worker's batch carries compact per-query data (grades, valid slots and document keys, each
+``[B, K]``); the loop gathers them from every worker and ``label_matrices`` builds the
+``[B_global, N]`` labels and mask from them on the device.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from synrank.data.groups import _rng, sample_group
+from synrank.data.groups import GroupsError, _rng, sample_group
+
+GROUP_COLUMNS = ["query_id", "query", "doc_ids", "texts", "grades"]
 
 
 @dataclass
-class GroupData:
-    query_ids: list[str]
-    queries: list[str]
-    doc_ids: list[list[str]]
-    texts: list[list[str]]
-    grades: list[list[float]]
+class Group:
+    query_id: str
+    query: str
+    doc_ids: list[str]
+    texts: list[str]
+    grades: list[float]
+
+
+class GroupShard:
+    """The training groups one worker holds, as an Arrow table of ``GROUP_COLUMNS``."""
+
+    def __init__(self, table: pa.Table, source: str = "training groups") -> None:
+        self.table = table.select(GROUP_COLUMNS)
+        _check_lengths(self.table, source)
 
     @classmethod
-    def from_table(cls, table: pa.Table) -> "GroupData":
-        return cls(
-            table.column("query_id").to_pylist(),
-            table.column("query").to_pylist(),
-            table.column("doc_ids").to_pylist(),
-            table.column("texts").to_pylist(),
-            [[float(g) for g in row] for row in table.column("grades").to_pylist()],
-        )
-
-    @classmethod
-    def from_path(cls, path: str) -> "GroupData":
+    def from_path(cls, path: str) -> "GroupShard":
+        """The whole table (a single process)."""
         from synrank.data.groups import read_groups
 
-        return cls.from_table(read_groups(path))
+        return cls(read_groups(path), path)
+
+    @classmethod
+    def from_batches(cls, batches: Any, source: str) -> "GroupShard":
+        """The Arrow batches of a Ray Data shard (``iter_batches(batch_format="pyarrow")``)."""
+        from synrank.data import schemas
+
+        tables = list(batches)
+        empty = schemas.TRAINING_GROUPS.empty_table().select(GROUP_COLUMNS)
+        return cls(pa.concat_tables(tables) if tables else empty, source)
 
     def __len__(self) -> int:
-        return len(self.query_ids)
+        return self.table.num_rows
 
     @property
     def max_group_size(self) -> int:
-        return max(len(d) for d in self.doc_ids)
+        return int(pc.max(pc.list_value_length(self.table.column("doc_ids"))).as_py() or 0)
+
+    def take(self, indices: np.ndarray) -> list[Group]:
+        rows = self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
+        return [Group(r["query_id"], r["query"], r["doc_ids"], r["texts"], [float(g) for g in r["grades"]])
+                for r in rows]
+
+
+def _check_lengths(table: pa.Table, source: str) -> None:
+    """Under Ray Train no worker reads the file through ``read_groups``; a group whose lists differ in
+    length would otherwise be labelled wrongly without an error."""
+    sizes = [pc.fill_null(pc.list_value_length(table.column(c)), 0) for c in ("doc_ids", "texts", "grades")]
+    bad = pc.or_(pc.or_(pc.not_equal(sizes[0], sizes[1]), pc.not_equal(sizes[0], sizes[2])), pc.less(sizes[0], 1))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise GroupsError(f"{source}: group {table.column('query_id')[row].as_py()!r}: doc_ids, texts and grades "
+                          "must be non-empty and of equal length")
 
 
 class BatchPlan:
-    """Which groups form micro-batch ``m`` (see the module doc)."""
+    """Which of this worker's groups form its part of micro-batch ``m`` (see the module doc)."""
 
-    def __init__(self, n_groups: int, batch_size: int, world_size: int, seed: int, shuffle: bool = True) -> None:
-        self.n = n_groups
+    def __init__(self, shard_size: int, batch_size: int, world_size: int, seed: int, rank: int = 0,
+                 shuffle: bool = True) -> None:
+        self.n = shard_size
         self.batch_size = batch_size
-        self.world_size = world_size
-        self.global_batch = batch_size * world_size
         self.seed = seed
+        self.rank = rank
         self.shuffle = shuffle
-        self.per_epoch = n_groups // self.global_batch
+        self.per_epoch = shard_size // batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{n_groups} training groups cannot fill one global batch of {self.global_batch} "
-                             f"(batch_size {batch_size} x {world_size} worker(s)); use a smaller batch or more groups")
+            raise ValueError(f"{shard_size * world_size} training groups ({shard_size} per worker) cannot fill one "
+                             f"global batch of {batch_size * world_size} (batch_size {batch_size} x {world_size} "
+                             "worker(s)); use a smaller batch or more groups")
         self._perm: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != epoch:
-            perm = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+            perm = (np.random.default_rng([self.seed, epoch, self.rank]).permutation(self.n) if self.shuffle
                     else np.arange(self.n))
             self._perm = (epoch, perm)
         return self._perm[1]
@@ -88,20 +125,21 @@ class BatchPlan:
     def epoch_of(self, micro: int) -> int:
         return micro // self.per_epoch
 
-    def global_indices(self, micro: int) -> np.ndarray:
+    def indices(self, micro: int) -> np.ndarray:
         epoch, m = divmod(micro, self.per_epoch)
-        return self.order(epoch)[m * self.global_batch : (m + 1) * self.global_batch]
+        return self.order(epoch)[m * self.batch_size : (m + 1) * self.batch_size]
 
 
 @dataclass
 class Batch:
-    """One worker's share of a global batch, plus the global labels and mask."""
+    """One worker's share of a global batch: texts to encode and compact per-query label data."""
 
     queries: list[str]  # this worker's queries [B]
     passages: list[str]  # this worker's real passages, flattened (no padding)
     slots: torch.Tensor  # long [len(passages)]: their slot in this worker's [B*K] slots
-    labels: torch.Tensor  # float32 [B_global, N]
-    mask: torch.Tensor  # bool [B_global, N]
+    grades: torch.Tensor  # float32 [B, K], 0 on padding
+    valid: torch.Tensor  # bool [B, K]: a real passage, not padding
+    doc_keys: torch.Tensor  # int64 [B, K]: doc_key of each passage, 0 on padding
     group_size: int
 
     @property
@@ -109,53 +147,53 @@ class Batch:
         return len(self.queries)
 
 
-def _group(data: GroupData, idx: int, k: int, seed: int, epoch: int) -> tuple[list[str], list[str], list[float]]:
-    ids, texts, grades = data.doc_ids[idx], data.texts[idx], data.grades[idx]
-    if len(ids) <= k:
-        return ids, texts, grades
-    rng = _rng(seed * 1_000_003 + epoch, data.query_ids[idx])
-    chosen = sample_group(list(range(len(ids))), k, rng, "stratified", grade=lambda i: grades[i])
-    return [ids[i] for i in chosen], [texts[i] for i in chosen], [grades[i] for i in chosen]
+def doc_key(doc_id: str) -> int:
+    """A 64-bit key of a document id: comparable on the device and across workers."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
-def collate(data: GroupData, global_idx: np.ndarray, rank: int, world_size: int, group_size: int, *,
-            in_batch_negatives: bool = True, seed: int = 0, epoch: int = 0) -> Batch:
-    """The batch of worker ``rank`` for the global batch ``global_idx`` (see the module doc)."""
-    n_q = len(global_idx)
-    if n_q % world_size:
-        raise ValueError(f"a global batch of {n_q} queries does not split over {world_size} workers")
-    b = n_q // world_size
+def _sampled(group: Group, k: int, seed: int, epoch: int) -> Group:
+    """The group, or k of its passages (stratified by grade, seeded per epoch) when it has more."""
+    if len(group.doc_ids) <= k:
+        return group
+    rng = _rng(seed * 1_000_003 + epoch, group.query_id)
+    chosen = sample_group(list(range(len(group.doc_ids))), k, rng, "stratified", grade=lambda i: group.grades[i])
+    return Group(group.query_id, group.query, [group.doc_ids[i] for i in chosen], [group.texts[i] for i in chosen],
+                 [group.grades[i] for i in chosen])
+
+
+def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int = 0) -> Batch:
+    """This worker's batch of ``groups``, each padded (or sampled down) to ``group_size`` passages."""
     k = group_size
-    n = n_q * k
-    groups = [_group(data, int(i), k, seed, epoch) for i in global_idx]
+    chosen = [_sampled(g, k, seed, epoch) for g in groups]
+    pad = [k - len(g.doc_ids) for g in chosen]
+    grades = [g.grades + [0.0] * p for g, p in zip(chosen, pad)]
+    valid = [[True] * len(g.doc_ids) + [False] * p for g, p in zip(chosen, pad)]
+    keys = [[doc_key(d) for d in g.doc_ids] + [0] * p for g, p in zip(chosen, pad)]
+    slots = [qi * k + j for qi, g in enumerate(chosen) for j in range(len(g.doc_ids))]
+    return Batch(
+        queries=[g.query for g in chosen],
+        passages=[t for g in chosen for t in g.texts],
+        slots=torch.tensor(slots, dtype=torch.long),
+        grades=torch.tensor(grades, dtype=torch.float32).reshape(len(chosen), k),
+        valid=torch.tensor(valid, dtype=torch.bool).reshape(len(chosen), k),
+        doc_keys=torch.tensor(keys, dtype=torch.int64).reshape(len(chosen), k),
+        group_size=k,
+    )
 
-    labels = np.zeros((n_q, n), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
-    codes = np.full(n, -1, dtype=np.int64)
-    vocab: dict[str, int] = {}
-    for qi, (ids, _, grades) in enumerate(groups):
-        start = qi * k
-        labels[qi, start : start + len(ids)] = grades
-        valid[start : start + len(ids)] = True
-        codes[start : start + len(ids)] = [vocab.setdefault(d, len(vocab)) for d in ids]
-    mask = np.broadcast_to(valid, (n_q, n)).copy()
-    own = np.zeros((n_q, n), dtype=bool)
-    for qi in range(n_q):
-        own[qi, qi * k : (qi + 1) * k] = True
-    if in_batch_negatives:
-        for qi, (ids, _, _) in enumerate(groups):
-            own_codes = codes[qi * k : qi * k + len(ids)]
-            dup = np.isin(codes, own_codes) & ~own[qi]
-            mask[qi, dup] = False
-    else:
-        mask &= own
 
-    local = groups[rank * b : (rank + 1) * b]
-    passages: list[str] = []
-    slots: list[int] = []
-    for qi, (_, texts, _) in enumerate(local):
-        passages.extend(texts)
-        slots.extend(range(qi * k, qi * k + len(texts)))
-    queries = [data.queries[int(i)] for i in global_idx[rank * b : (rank + 1) * b]]
-    return Batch(queries, passages, torch.tensor(slots, dtype=torch.long), torch.from_numpy(labels),
-                 torch.from_numpy(mask), k)
+def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Tensor, *,
+                   in_batch_negatives: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (float) and mask (bool), each ``[Q, Q*K]``, from the ``[Q, K]`` grades, valid slots and
+    document keys of the global batch (see the module doc); on the device of the inputs."""
+    q, k = grades.shape
+    own = torch.eye(q, dtype=torch.bool, device=grades.device).repeat_interleave(k, dim=1)
+    labels = own * grades.reshape(1, q * k)
+    slot_valid = valid.reshape(1, q * k)
+    if not in_batch_negatives:
+        return labels, own & slot_valid
+    slot_keys = doc_keys.reshape(1, q * k)
+    copy_of_own = torch.zeros_like(own)
+    for j in range(k):  # one [Q, N] comparison per position of a query's own group (K is small)
+        copy_of_own |= (slot_keys == doc_keys[:, j : j + 1]) & valid[:, j : j + 1]
+    return labels, slot_valid & (own | ~copy_of_own)

@@ -1,15 +1,17 @@
 """The per-worker training loop.
 
 ``train_loop_per_worker(loop_config)`` is what Ray Train's ``TorchTrainer`` runs on each worker (and
-what a Ray Tune trial passes to the ``TorchTrainer`` it builds); ``run(config, groups_path)`` runs
-the same loop in this process without Ray (one worker), for tests and debugging.
+what a Ray Tune trial passes to the ``TorchTrainer`` it builds); each worker reads only its shard of
+the groups, ``ray.train.get_dataset_shard("train")``, once. ``run(config, groups_path)`` runs the same
+loop in this process without Ray (one worker, the whole table), for tests and debugging.
 
 One step, per worker:
 
-1. collate this worker's ``batch_size`` groups (queries and their passages) and the global labels;
+1. collate this worker's ``batch_size`` groups: queries, passages and compact per-query label data;
 2. encode queries and passages (one DDP forward through the shared encoder);
 3. all-gather query and passage embeddings *with gradients* (``gather_with_grad``), so every
-   worker holds the embeddings of the global batch;
+   worker holds the embeddings of the global batch; all-gather the compact label data and build
+   the global labels and mask from it on the device (``global_labels``);
 4. score every query of the global batch against every passage slot of the global batch, and
    compute the loss on that ``[B_global, N]`` matrix -- the same value on every worker, equal to the
    loss one process would compute on the concatenated batch (so batch-level losses such as
@@ -42,7 +44,7 @@ from torch import nn
 
 from synrank.config import TrainConfig
 from synrank.encoder import BiEncoder
-from synrank.train.collate import Batch, BatchPlan, GroupData, collate
+from synrank.train.collate import Batch, BatchPlan, GroupShard, collate, label_matrices
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,22 @@ class _GatherWithGrad(torch.autograd.Function):
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` of every worker (rank order) along dim 0, differentiably; identity alone."""
     return _GatherWithGrad.apply(x) if _distributed() else x
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` of every worker (rank order) along dim 0, without gradients; identity alone."""
+    if not _distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def global_labels(batch: Batch, device: torch.device, in_batch_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and mask ``[B_global, N]`` of the global batch, built on ``device`` from every worker's
+    compact per-query data."""
+    grades, valid, doc_keys = (gather(t.to(device)) for t in (batch.grades, batch.valid, batch.doc_keys))
+    return label_matrices(grades, valid, doc_keys, in_batch_negatives=in_batch_negatives)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,21 +349,20 @@ def _inject_fault(marker: str, rank: int, world: int, step: int) -> None:
     raise InjectedFault(f"test fault: worker {rank} fails at step {step} (fail_at_step)")
 
 
-def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str | None = None) -> dict[str, Any]:
-    """Train on ``groups_path`` under ``ctx``; returns {"history": [...], "resumes": [...], ...}."""
+def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: str | None = None) -> dict[str, Any]:
+    """Train on this worker's ``groups`` under ``ctx``; returns {"history": [...], "resumes": [...], ...}."""
     rank, world = ctx.rank, ctx.world_size
     device = ctx.device()
     if device.type == "cpu":
         torch.set_num_threads(config.cpus_per_worker)
     _seed_everything(config.seed + rank)
 
-    data = GroupData.from_path(groups_path)
-    k = config.group_size or data.max_group_size
-    plan = BatchPlan(len(data), config.batch_size, world, config.seed)
+    k = config.group_size or groups.max_group_size
+    plan = BatchPlan(len(groups), config.batch_size, world, config.seed, rank)
     steps_per_epoch = plan.per_epoch // config.grad_accumulation
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(data)} groups give {plan.per_epoch} global batch(es) per epoch, fewer than "
-                         f"grad_accumulation={config.grad_accumulation}")
+        raise ValueError(f"{len(groups) * world} groups give {plan.per_epoch} global batch(es) per epoch, fewer "
+                         f"than grad_accumulation={config.grad_accumulation}")
     total = config.max_steps or config.epochs * steps_per_epoch
 
     encoder = build_encoder(config)
@@ -399,9 +416,8 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
         loss_total, loss_time = 0.0, 0.0
         for a in range(config.grad_accumulation):
             micro = state.micro + a
-            batch = collate(data, plan.global_indices(micro), rank, world, k,
-                            in_batch_negatives=config.in_batch_negatives, seed=config.seed,
-                            epoch=plan.epoch_of(micro))
+            batch = collate(groups.take(plan.indices(micro)), k, seed=config.seed, epoch=plan.epoch_of(micro))
+            labels, mask = global_labels(batch, device, config.in_batch_negatives)
             sync = (model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
                     and a < config.grad_accumulation - 1 else contextlib.nullcontext())
             with sync:
@@ -409,7 +425,7 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
                     scores = scores_for(model, encoder, batch, device)
                 t1 = time.perf_counter()
                 leaf = scores.detach().requires_grad_(True)
-                loss = loss_fn(leaf, batch.labels.to(device), batch.mask.to(device))
+                loss = loss_fn(leaf, labels, mask)
                 scaled = loss / config.grad_accumulation
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 loss_value = float(loss.detach())
@@ -444,6 +460,7 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
             "examples_per_s": queries_per_step / cycle,  # queries of the global batch per wall second
             "step_time_s": dt,  # data, forward, backward, optimizer (without reporting)
             "loss_time_fraction": loss_time / dt,
+            "groups_read": len(groups),  # this worker's groups: its shard under Ray Train
         }
         state.history.append(metrics)
         last = state.step == total
@@ -467,24 +484,35 @@ def train_loop(config: TrainConfig, groups_path: str, ctx: Context, out_dir: str
                     }, os.path.join(tmp, STATE_FILE))
                 ctx.report(metrics, ckpt_dir, state.step)
     return {"history": state.history, "resumes": state.resumes, "group_size": k, "total_steps": total,
-            "n_groups": len(data)}
+            "groups_read": len(groups)}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """The Ray Train entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=...)``.
+    """The Ray Train entry point: ``TorchTrainer(train_loop_per_worker, **synrank.train.trainer.groups_inputs(...))``.
 
     ``loop_config`` (see ``synrank.train.trainer.loop_config``): ``train`` (a TrainConfig as a
-    dict), ``groups_path``, and ``out_dir`` (for the test-only fault marker). Returns the history
-    on rank 0 (Ray Train's ``Result.return_value``).
+    dict, its group size set), ``groups_path`` (named in errors) and ``out_dir`` (for the test-only
+    fault marker); the groups themselves come as the Ray Dataset ``train``, of which this worker
+    reads its shard. Returns the history on rank 0 (Ray Train's ``Result.return_value``).
     """
+    import ray.train
+
+    from synrank.train.ingest import DATASET
+
     config = TrainConfig.model_validate(loop_config["train"])
+    if config.group_size is None:
+        raise ValueError("train.group_size must be set before the workers start (every worker pads to it); "
+                         "build the trainer arguments with synrank.train.trainer.groups_inputs")
     ctx = RayContext()
-    out = train_loop(config, loop_config["groups_path"], ctx, loop_config.get("out_dir"))
+    shard = ray.train.get_dataset_shard(DATASET)
+    groups = GroupShard.from_batches(shard.iter_batches(batch_size=None, batch_format="pyarrow"),
+                                     f"{loop_config['groups_path']} (shard {ctx.rank} of {ctx.world_size})")
+    out = train_loop(config, groups, ctx, loop_config.get("out_dir"))
     return out if ctx.rank == 0 else None
 
 
 def run(config: TrainConfig, groups_path: str, *, checkpoints: str | None = None,
         out_dir: str | None = None) -> tuple[dict[str, Any], LocalContext]:
-    """The loop in this process, without Ray (one worker)."""
+    """The loop in this process, without Ray (one worker, the whole table)."""
     ctx = LocalContext(checkpoints, use_gpu=config.use_gpu)
-    return train_loop(config, groups_path, ctx, out_dir), ctx
+    return train_loop(config, GroupShard.from_path(groups_path), ctx, out_dir), ctx

@@ -59,26 +59,10 @@ def ray_storage(url: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def groups_shape(groups_path: str) -> tuple[int, int]:
-    """(number of groups, largest group) from the grades column only (no texts in the driver)."""
-    import pyarrow.compute as pc
-
-    from synrank.data.groups import GroupsError
-
-    if not storage.exists(groups_path):
-        raise FileNotFoundError(f"training groups {groups_path}: no such file (build them with `synrank groups`)")
-    try:
-        grades = storage.read_parquet(groups_path, columns=["grades"]).column("grades")
-    except Exception as exc:  # pyarrow raises several kinds for a bad file
-        raise GroupsError(f"{groups_path}: not a training-groups Parquet file: {exc}") from exc
-    if len(grades) == 0:
-        raise GroupsError(f"{groups_path}: no training groups (0 rows)")
-    return len(grades), int(pc.max(pc.list_value_length(grades)).as_py())
-
-
 def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
     """Check the config against the groups before any worker starts, and fill in what the run will
     use: the groups path, the output directory, the group size and the number of steps."""
+    from synrank.train.ingest import groups_shape
     from synrank.train.loop import build_loss
 
     build_loss(config)  # unknown loss or parameter: a clear error now, not in a worker
@@ -100,8 +84,22 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
 
 
 def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
-    """The ``train_loop_config`` of ``train_loop_per_worker``."""
+    """The ``train_loop_config`` of ``train_loop_per_worker``, with the group size set: every worker
+    pads to it, so it cannot come from one worker's shard."""
+    from synrank.train.ingest import groups_shape
+
+    if config.group_size is None:
+        config = config.model_copy(update={"group_size": groups_shape(groups_path)[1]})
     return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
+
+
+def groups_inputs(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
+    """The ``TorchTrainer`` arguments that carry the groups: the loop config, and the groups as a Ray
+    Dataset that Ray Train shares out, one equal shard per worker (``synrank.train.ingest``)."""
+    from synrank.train.ingest import DATASET, groups_dataset, shard_config
+
+    return {"train_loop_config": loop_config(config, groups_path, out_dir),
+            "datasets": {DATASET: groups_dataset(groups_path)}, "dataset_config": shard_config()}
 
 
 def _in_tune_trial() -> bool:
@@ -112,6 +110,20 @@ def _in_tune_trial() -> bool:
     return bool(_in_tune_session())
 
 
+def worker_resources(config: TrainConfig, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """What one Train worker asks of Ray: its CPUs, a GPU when training on GPUs, the training stage's
+    custom resource (`runtime.stage_resources.train`, which brings up a training node on an
+    autoscaling cluster) and `extra` (a study's `worker_resources`)."""
+    from synrank.runtime import stage_options
+
+    resources: dict[str, float] = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    resources.update(stage_options("train").get("resources", {}))
+    resources.update(extra or {})
+    return resources
+
+
 def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None):
     """A ``TorchTrainer`` for ``config`` (gloo on CPU, NCCL on GPU); not started."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -119,9 +131,7 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
 
     from synrank.train.loop import train_loop_per_worker
 
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(config)
     run_kwargs: dict[str, Any] = {
         "name": RUN_NAME,
         **ray_storage(storage.join(out_dir, "ray")),
@@ -140,7 +150,7 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
         run_kwargs["callbacks"] = [TuneReportCallback()]
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, groups_path, out_dir),
+        **groups_inputs(config, groups_path, out_dir),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),

@@ -1,0 +1,88 @@
+"""The global batch's labels and mask, built on the device from compact per-query data, against a
+straightforward per-query, per-slot reference: several group sizes, padding, groups sampled down,
+documents shared between groups, in-batch negatives on and off, one to three workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from synrank.train.collate import Group, collate, label_matrices
+
+
+def _random_groups(rng: np.random.Generator, n_queries: int, max_size: int, n_docs: int) -> list[Group]:
+    """Groups of 1..max_size passages drawn from a small pool of documents, so groups share some."""
+    groups = []
+    for i in range(n_queries):
+        size = int(rng.integers(1, max_size + 1))
+        docs = [f"d{int(d)}" for d in rng.choice(n_docs, size=size, replace=False)]
+        grades = [float(g) for g in rng.integers(0, 4, size=size)]
+        groups.append(Group(f"q{i}", f"query {i}", docs, [f"text of {d}" for d in docs], grades))
+    return groups
+
+
+def _reference(groups: list[Group], k: int, in_batch_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and mask of the global batch of `groups` (each at most k passages), slot by slot."""
+    n = len(groups) * k
+    labels = torch.zeros(len(groups), n)
+    mask = torch.zeros(len(groups), n, dtype=torch.bool)
+    for i, mine in enumerate(groups):
+        for j, other in enumerate(groups):
+            for pos, doc in enumerate(other.doc_ids):
+                slot = j * k + pos
+                if i == j:
+                    labels[i, slot] = mine.grades[pos]
+                    mask[i, slot] = True
+                else:
+                    mask[i, slot] = in_batch_negatives and doc not in mine.doc_ids
+    return labels, mask
+
+
+def _gathered(parts):
+    """The per-worker compact data concatenated in rank order, as the all-gather gives it."""
+    return (torch.cat([p.grades for p in parts]), torch.cat([p.valid for p in parts]),
+            torch.cat([p.doc_keys for p in parts]))
+
+
+def _kept(groups: list[Group], batch) -> list[Group]:
+    """The passages of each group that the batch kept (read back from its flattened passages)."""
+    texts = iter(batch.passages)
+    kept = []
+    for g, size in zip(groups, batch.valid.sum(dim=1).tolist()):
+        chosen = [next(texts) for _ in range(size)]
+        index = [g.texts.index(t) for t in chosen]
+        kept.append(Group(g.query_id, g.query, [g.doc_ids[i] for i in index], chosen, [g.grades[i] for i in index]))
+    return kept
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_labels_and_mask_match_the_reference(k, world, in_batch):
+    for trial in range(20):
+        rng = np.random.default_rng([k, world, trial])
+        per_worker = int(rng.integers(1, 4))
+        groups = _random_groups(rng, per_worker * world, max_size=k + 2, n_docs=3 * k + 2)
+        parts = [collate(groups[r * per_worker : (r + 1) * per_worker], k, seed=5, epoch=trial) for r in range(world)]
+        labels, mask = label_matrices(*_gathered(parts), in_batch_negatives=in_batch)
+        # groups longer than k were sampled down by collate: the reference sees what was kept
+        kept = [g for r, p in enumerate(parts) for g in _kept(groups[r * per_worker : (r + 1) * per_worker], p)]
+        expected_labels, expected_mask = _reference(kept, k, in_batch)
+        assert torch.equal(labels, expected_labels) and torch.equal(mask, expected_mask)
+
+
+def test_sampled_down_groups_keep_their_best_passage_and_size():
+    group = Group("q", "query", [f"d{i}" for i in range(6)], [f"t{i}" for i in range(6)],
+                  [0.0, 1.0, 3.0, 0.0, 2.0, 1.0])
+    batch = collate([group], 3, seed=1, epoch=0)
+    assert batch.valid.tolist() == [[True, True, True]] and batch.grades[0, 0].item() == 3.0
+    assert batch.passages[0] == "t2" and len(set(batch.passages)) == 3
+    assert collate([group], 3, seed=1, epoch=0).passages == batch.passages
+
+
+def test_labels_are_built_on_the_device_of_the_inputs():
+    parts = [collate(_random_groups(np.random.default_rng(0), 4, 3, 6), 3)]
+    grades, valid, keys = (t.to("meta") for t in _gathered(parts))
+    labels, mask = label_matrices(grades, valid, keys)
+    assert labels.device.type == "meta" and mask.device.type == "meta" and labels.shape == (4, 12)
