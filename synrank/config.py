@@ -215,7 +215,10 @@ class EvaluateConfig(Section):
     top_k: int = Field(100, ge=1)
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     batch_size: int = Field(64, ge=1)
-    num_encoders: int | None = Field(None, ge=1)
+    num_encoders: int | None = Field(None, ge=1, description="the encoder pool's maximum size (default: from what "
+                                     "is up now; set it on a cluster that scales from zero)")
+    encoder_gpus: bool | None = Field(None, description="encoder actors take a GPU each (default: when the cluster "
+                                      "has a GPU now; set true when GPU nodes scale from zero)")
 
 
 class PipelineConfig(Section):

@@ -299,7 +299,7 @@ class Pipeline:
                 encoder = self.cfg.train.encoder.model_copy(update={"model": model}) if system != "bm25" else None
                 results = evaluate_model(model, collections, self.dir.path("evaluate", system), split="test",
                                          top_k=e.top_k, encoder_batch_size=e.batch_size, index=e.index,
-                                         encoder=encoder, num_encoders=e.num_encoders)
+                                         encoder=encoder, num_encoders=e.num_encoders, encoder_gpus=e.encoder_gpus)
                 summary[system] = {name: r["metrics"] for name, r in results.items()}
             write_json(summary, self.dir.path("evaluate", "metrics.json"))
             return {"metrics": self.dir.path("evaluate", "metrics.json")}

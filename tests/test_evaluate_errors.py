@@ -90,6 +90,16 @@ def test_empty_corpus(tmp_path):
     assert "corpus.jsonl" in str(info.value)
 
 
+def test_bad_corpus_line_is_named_by_file_and_line(tmp_path):
+    col = _collection(tmp_path / "c", [(f"d{i}", f"text {i}") for i in range(200)], [("q1", "a")], [("q1", "d1", 1)])
+    lines = (col / "corpus.jsonl").read_text().splitlines(keepends=True)
+    lines[170] = '{"_id": "d170", "text": 17}\n'
+    (col / "corpus.jsonl").write_text("".join(lines))
+    with pytest.raises(DataError) as info:
+        evaluate_model("bm25", [str(col)], str(tmp_path / "out"), progress=False)
+    assert str(info.value).startswith(f"{col / 'corpus.jsonl'}:171: field 'text' must be a string")
+
+
 def test_partly_matching_qrels_warn_and_keep_unretrievable_documents(tmp_path):
     col = _collection(tmp_path / "c", [("d1", "wing"), ("d2", "heat")], [("q1", "wing"), ("q2", "sun")],
                       [("q1", "d1", 1), ("q1", "gone", 1), ("q2", "gone2", 1)])

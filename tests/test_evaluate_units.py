@@ -153,6 +153,24 @@ def test_approximate_indexes_find_most_neighbours(kind):
     assert recall > 0.8, recall
 
 
+def test_hnsw_on_vectors_of_any_length_ranks_by_inner_product():
+    rng = np.random.default_rng(7)
+    x = (_vectors(3000, seed=8) * rng.uniform(0.2, 3.0, (3000, 1))).astype(np.float32)
+    q = (2 * _vectors(30, seed=9)).astype(np.float32)
+    index = DenseIndex.build(32, _shards(x), len(x), IndexOptions("hnsw"), top_k=10)
+    assert index.augment_norm == pytest.approx(float(np.linalg.norm(x, axis=1).max()), rel=1e-6)
+    run = results_to_run([f"q{i}" for i in range(30)], index.search(q, 10), index.doc_ids)
+    scores = q @ x.T
+    truth = np.argsort(-scores, axis=1)[:, :10]
+    recall = np.mean([len(set(run[f"q{i}"]) & {f"d{j}" for j in truth[i]}) / 10 for i in range(30)])
+    assert recall > 0.9, recall
+    for i in range(30):  # the scores are inner products again
+        for doc, score in run[f"q{i}"].items():
+            assert score == pytest.approx(float(scores[i, int(doc[1:])]), abs=1e-3)
+    unit = DenseIndex.build(32, _shards(_vectors(500)), 500, IndexOptions("hnsw"), top_k=10)
+    assert unit.augment_norm is None  # unit vectors: a graph over inner products as they are
+
+
 def test_index_on_a_tiny_corpus_returns_fewer_than_k():
     x = _vectors(3)
     index = DenseIndex.build(32, _shards(x), 3, IndexOptions("flat"), top_k=100)
@@ -209,25 +227,22 @@ def test_pool_plan():
     assert (one.size, one.threads) == (1, 2)
 
 
-def test_cpu_pool_has_no_more_actors_than_corpora():
-    from synrank.evaluate.encode import fit_pool_to_inputs
-
-    planned = plan_pool(num_cpus=2, num_gpus=0)
-    one = fit_pool_to_inputs(planned, corpora=1, num_cpus=2, max_node_cpus=2)
-    assert (one.size, one.threads, one.num_cpus) == (1, 2, 2)  # the CPUs go to the one actor that works
-    assert fit_pool_to_inputs(planned, corpora=3, num_cpus=2, max_node_cpus=2) == planned
-    many = plan_pool(num_cpus=16, num_gpus=0)
-    two = fit_pool_to_inputs(many, corpora=2, num_cpus=16, max_node_cpus=16)
-    assert (two.size, two.threads) == (2, 8)
-    gpu = plan_pool(num_cpus=32, num_gpus=4)
-    assert fit_pool_to_inputs(gpu, corpora=1, num_cpus=32, max_node_cpus=32) == gpu  # a GPU each, unchanged
+def test_pool_plan_on_a_cluster_that_scales_from_zero():
+    # Nothing is up yet: the maximum asked for is the pool's size, not what is up now.
+    cpu = plan_pool(num_cpus=0, num_gpus=0, num_encoders=6)
+    assert (cpu.size, cpu.num_cpus, cpu.num_gpus) == (6, 1, 0)
+    gpu = plan_pool(num_cpus=0, num_gpus=0, num_encoders=4, use_gpus=True)
+    assert (gpu.size, gpu.num_gpus, gpu.num_cpus) == (4, 1, 1)
+    assert plan_pool(32, 2, num_encoders=8).size == 8  # more GPU actors than GPUs up: nodes are added
+    assert plan_pool(32, 2, use_gpus=False).num_gpus == 0
 
 
 def test_block_rows_fill_every_actor_within_bounds():
     from synrank.evaluate.encode import block_rows_for
 
-    assert block_rows_for(1400, 1) == 1400
-    assert block_rows_for(1400, 4) == 350
+    assert block_rows_for(1400, 1) == 350  # four blocks per actor
+    assert block_rows_for(4000, 2) == 500
+    assert block_rows_for(1400, 4) == 256
     assert block_rows_for(100, 1) == 256
     assert block_rows_for(10_000_000, 8) == 4096
     assert block_rows_for(None, 2) == 1024

@@ -26,6 +26,7 @@ such case is listed in the function's docstring.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -36,6 +37,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from synrank import storage
 from synrank.data import schemas
@@ -43,6 +45,7 @@ from synrank.data.errors import DataError, DataWarning, MissingFileError
 
 __all__ = [
     "Collection",
+    "CorpusPart",
     "DataError",
     "DataWarning",
     "MissingFileError",
@@ -50,11 +53,13 @@ __all__ = [
     "collection_file",
     "guess_kind",
     "iter_corpus",
+    "iter_corpus_part",
     "load_collection",
     "read_corpus",
     "read_qrels",
     "read_queries",
     "read_table",
+    "split_corpus",
 ]
 
 Progress = Callable[[int], None]
@@ -195,25 +200,35 @@ def guess_kind(path: str | os.PathLike) -> str | None:
 def _iter_lines(path: str, progress: Progress | None = None) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line without its line ending); strict UTF-8 per line."""
     with storage.open(path, "rb", compression="infer") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            if progress is not None:
-                progress(len(raw))
-            if lineno == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[len(_UTF8_BOM) :]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    path,
-                    f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line "
-                    "(re-encode the file as UTF-8)",
-                    line=lineno,
-                ) from None
-            yield lineno, line.rstrip("\r\n")
+        yield from _decode_lines(path, enumerate(handle, 1), progress)
+
+
+def _decode_lines(path: str, numbered: Iterable[tuple[int, bytes]], progress: Progress | None = None,
+                  file_start: bool = True) -> Iterator[tuple[int, str]]:
+    """Raw numbered lines decoded as `_iter_lines` does; a BOM is dropped only at the `file_start`."""
+    for lineno, raw in numbered:
+        if progress is not None:
+            progress(len(raw))
+        if file_start and lineno == 1 and raw.startswith(_UTF8_BOM):
+            raw = raw[len(_UTF8_BOM) :]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                path,
+                f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line "
+                "(re-encode the file as UTF-8)",
+                line=lineno,
+            ) from None
+        yield lineno, line.rstrip("\r\n")
 
 
 def _iter_json_objects(path: str, progress: Progress | None = None) -> Iterator[tuple[int, dict]]:
-    for lineno, line in _iter_lines(path, progress):
+    return _parse_json_lines(path, _iter_lines(path, progress))
+
+
+def _parse_json_lines(path: str, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -576,12 +591,7 @@ def iter_corpus(
     texts: list[str] = []
 
     def flush() -> pa.RecordBatch:
-        batch = pa.RecordBatch.from_arrays(
-            [pa.array(ids, pa.string()), pa.array(titles, pa.string()), pa.array(texts, pa.string())],
-            schema=schemas.CORPUS,
-        )
-        ids.clear(), titles.clear(), texts.clear()
-        return batch
+        return _corpus_batch(ids, titles, texts)
 
     if _sniff_text_format(path, "corpus") == "jsonl":
         for lineno, obj in _iter_json_objects(path, progress):
@@ -617,6 +627,16 @@ def iter_corpus(
         yield flush()
 
 
+def _corpus_batch(ids: list[str], titles: list[str], texts: list[str]) -> pa.RecordBatch:
+    """A CORPUS batch of the rows collected so far; the lists are emptied for the next one."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(titles, pa.string()), pa.array(texts, pa.string())],
+        schema=schemas.CORPUS,
+    )
+    ids.clear(), titles.clear(), texts.clear()
+    return batch
+
+
 def read_corpus(path: str | os.PathLike, *, check_unique: bool = True) -> pa.Table:
     """The whole corpus as a CORPUS table (doc_id, title, text), in file order.
 
@@ -625,6 +645,220 @@ def read_corpus(path: str | os.PathLike, *, check_unique: bool = True) -> pa.Tab
     """
     batches = list(iter_corpus(path, batch_size=65_536, check_unique=check_unique))
     return pa.Table.from_batches(batches, schema=schemas.CORPUS)
+
+
+# --------------------------------------------------------------------------------------------
+# corpus parts: one corpus read by several tasks
+
+PART_BYTES = 64 * 2**20  # at most this much text per part (Parquet: uncompressed), when a corpus is split
+
+
+@dataclass(frozen=True)
+class CorpusPart:
+    """One read task's share of a corpus: `split_corpus` cuts a corpus into parts, `iter_corpus_part`
+    reads one. The parts of a corpus together read each of its rows exactly once, in file order.
+
+    `layout`: ``"lines"`` (JSONL): the lines of `file` that start at a byte in [start, end);
+    ``"rows"`` (Parquet): rows [start, end) of `file`, whose first row is row `first_row` of the
+    corpus; ``"whole"``: all of `file` (compressed text, which cannot be entered at an offset, and
+    TSV, whose column count the file's first line fixes). `path` is the corpus as messages name it
+    (a file, or a folder of Parquet files).
+    """
+
+    path: str
+    file: str
+    layout: str
+    start: int = 0
+    end: int = 0
+    first_row: int = 0
+
+
+def split_corpus(path: str | os.PathLike, min_parts: int = 1, part_bytes: int = PART_BYTES) -> list[CorpusPart]:
+    """The parts of a corpus (file or collection folder, as `iter_corpus` takes): at least
+    `min_parts` (fewer only when the corpus has fewer bytes, or rows, than that) and none over
+    `part_bytes`. JSONL is cut at byte offsets, Parquet at row-group boundaries where its row
+    groups are small enough, else inside row groups; compressed files and TSV are one part.
+    Only sizes and Parquet footers are read here."""
+    if min_parts < 1 or part_bytes < 1:
+        raise ValueError(f"min_parts and part_bytes must be >= 1, got {min_parts} and {part_bytes}")
+    path = _corpus_source(os.fspath(path))
+    if _is_parquet(path):
+        return _parquet_parts(path, min_parts, part_bytes)
+    if _is_compressed(path) or _sniff_text_format(path, "corpus") != "jsonl":
+        return [CorpusPart(path, path, "whole")]
+    fs, p = _fs(path)
+    size = int(fs.size(p))
+    count = max(1, min(size, max(min_parts, math.ceil(size / part_bytes))))
+    bounds = [size * i // count for i in range(count + 1)]
+    return [CorpusPart(path, path, "lines", a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def iter_corpus_part(part: CorpusPart, batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
+    """The rows of one part as CORPUS record batches of at most `batch_size` rows, checked as
+    `iter_corpus` checks them (same errors, naming the corpus and its line or row; ids are not
+    checked for duplicates, which would need every part)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if part.layout == "whole":
+        return iter_corpus(part.file, batch_size)
+    if part.layout == "lines":
+        return _iter_json_part(part, batch_size)
+    if part.layout == "rows":
+        return _iter_parquet_part(part, batch_size)
+    raise ValueError(f"unknown corpus part layout {part.layout!r}")
+
+
+def _is_compressed(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSION_SUFFIXES)
+
+
+def _iter_json_part(part: CorpusPart, batch_size: int) -> Iterator[pa.RecordBatch]:
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    with storage.open(part.file, "rb") as handle:
+        first_line_at = _next_line_start(handle, part.start)
+        lines = _decode_lines(part.file, _numbered_lines_until(handle, first_line_at, part.end),
+                              file_start=first_line_at == 0)
+        try:
+            for lineno, obj in _parse_json_lines(part.file, lines):
+                ids.append(_get_id(obj, DOC_ID_FIELDS, part.file, lineno))
+                titles.append(_get_text(obj, ("title",), part.file, lineno, required=False))
+                texts.append(_get_text(obj, ("text",), part.file, lineno))
+                if len(ids) >= batch_size:
+                    yield _corpus_batch(ids, titles, texts)
+        except DataError as exc:
+            raise _with_file_line(exc, part.file, first_line_at) from None
+    if ids:
+        yield _corpus_batch(ids, titles, texts)
+
+
+def _next_line_start(handle, offset: int) -> int:
+    """Seek `handle` to the first line that starts at or after `offset`; return that offset. The
+    line `offset` falls inside belongs to the part before, which reads it to its end."""
+    if offset == 0:
+        handle.seek(0)
+        return 0
+    handle.seek(offset - 1)
+    return offset - 1 + len(handle.readline())
+
+
+def _numbered_lines_until(handle, position: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(line number counted from 1 at `position`, raw line) for each line starting before `end`."""
+    lineno = 0
+    while position < end:
+        raw = handle.readline()
+        if not raw:
+            return
+        lineno += 1
+        position += len(raw)
+        yield lineno, raw
+
+
+def _with_file_line(exc: DataError, file: str, first_line_at: int) -> DataError:
+    """`exc` raised with a line number counted within a part, renumbered as a line of the file
+    (by counting the line ends before the part: only on this error path)."""
+    if exc.line is None or first_line_at == 0:
+        return exc
+    before = 0
+    with storage.open(file, "rb") as handle:
+        remaining = first_line_at
+        while remaining > 0:
+            chunk = handle.read(min(remaining, 2**24))
+            if not chunk:
+                break
+            before += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return type(exc)(exc.path, exc.reason, line=before + exc.line, row=exc.row)
+
+
+def _parquet_files(path: str) -> list[str]:
+    """The Parquet files of a corpus (one file, or a folder's files in the order `iter_corpus`
+    reads them), as URLs `storage.open` takes."""
+    files = _parquet_dataset(path).files
+    if storage.is_local(path):
+        return list(files)
+    fs, _ = _fs(path)
+    return [fs.unstrip_protocol(f) for f in files]
+
+
+def _row_group_sizes(file: str) -> list[tuple[int, int]]:
+    """(rows, uncompressed bytes) of each row group of a Parquet file, from its footer."""
+    try:
+        with storage.open(file, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(file, f"not a readable Parquet file: {exc}") from None
+    return [(meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)]
+
+
+def _parquet_parts(path: str, min_parts: int, part_bytes: int) -> list[CorpusPart]:
+    sizes = {f: _row_group_sizes(f) for f in _parquet_files(path)}
+    total_rows = sum(r for groups in sizes.values() for r, _ in groups)
+    total_bytes = sum(b for groups in sizes.values() for _, b in groups)
+    count = max(min_parts, math.ceil(total_bytes / part_bytes))
+    target = max(1, total_rows // count)  # parts of at most `target` rows: at least `count` of them
+    parts: list[CorpusPart] = []
+    corpus_row = 0
+    for file, groups in sizes.items():
+        for start, end in _row_ranges([r for r, _ in groups], target):
+            parts.append(CorpusPart(path, file, "rows", start, end, corpus_row + start))
+        corpus_row += sum(r for r, _ in groups)
+    return parts or [CorpusPart(path, next(iter(sizes), path), "rows")]
+
+
+def _row_ranges(group_rows: list[int], target: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of at most `target` rows over one file: whole row groups joined while they fit,
+    a row group larger than `target` cut into equal slices."""
+    start = group_start = 0
+    for rows in group_rows:
+        group_end = group_start + rows
+        if start < group_start and (rows > target or group_end - start > target):
+            yield start, group_start
+            start = group_start
+        if rows > target:
+            slices = math.ceil(rows / target)
+            cuts = [group_start + rows * i // slices for i in range(slices + 1)]
+            yield from zip(cuts, cuts[1:])
+            start = group_end
+        group_start = group_end
+    if start < group_start:
+        yield start, group_start
+
+
+def _iter_parquet_part(part: CorpusPart, batch_size: int) -> Iterator[pa.RecordBatch]:
+    groups, first_group_row = _row_groups_overlapping(part)
+    if not groups:
+        return
+    with storage.open(part.file, "rb") as handle:
+        row = first_group_row  # the file row of the next batch's first row
+        try:
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_size, row_groups=groups)
+            for batch in batches:
+                lo, hi = max(part.start - row, 0), min(part.end - row, batch.num_rows)
+                if hi > lo:
+                    table = _conform_corpus_batch(batch.slice(lo, hi - lo), part.path)
+                    _check_table(table, part.path, ["doc_id"], ["text"], row_offset=part.first_row + row + lo - part.start)
+                    yield from table.combine_chunks().to_batches(max_chunksize=batch_size)
+                row += batch.num_rows
+                if row >= part.end:
+                    return
+        except pa.ArrowInvalid as exc:
+            raise DataError(part.file, f"not a readable Parquet file: {exc}") from None
+
+
+def _row_groups_overlapping(part: CorpusPart) -> tuple[list[int], int]:
+    """The row groups of `part.file` that hold rows of the part, and the file row where the first starts."""
+    groups: list[int] = []
+    first_row = group_start = 0
+    for index, (rows, _) in enumerate(_row_group_sizes(part.file)):
+        group_end = group_start + rows
+        if group_start < part.end and group_end > part.start:
+            if not groups:
+                first_row = group_start
+            groups.append(index)
+        group_start = group_end
+    return groups, first_row
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--index", choices=("flat", "ivf", "hnsw"), help="faiss index (default: flat, exact)")
     ev.add_argument("--batch-size", type=int, dest="batch_size", help="encoder batch size (default: 64)")
     ev.add_argument("--num-encoders", type=int, dest="num_encoders",
-                    help="encoder actors (default: one per GPU, else from the CPUs)")
+                    help="the encoder pool's maximum size (default: from what is up now; set it on a cluster "
+                         "that scales from zero)")
     ev.add_argument("--keep-embeddings", action="store_true", help="keep <out>/<collection>/embeddings/")
     ev.add_argument("--relevance-level", type=int, default=1, dest="relevance_level",
                     help="lowest grade counted relevant by the binary measures (default: 1)")

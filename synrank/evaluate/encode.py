@@ -3,12 +3,15 @@ each owning one `BiEncoder`, and every encoded batch is written to a Parquet sha
 
 Data flow (nothing corpus-sized passes through the driver):
 
-    EncodeSource per collection
-      -> `_TextDatasource` read tasks: the queries (small, sent with the task) and the corpus,
-         streamed with `readers.iter_corpus` inside the read task, in blocks of `block_rows`
-         (`block_rows_for`: large, as each encoder call sorts its rows by length to pad less)
-      -> `map_batches(_EncodeBatch)` on an actor pool (one GPU per actor when the cluster has
-         GPUs, else a share of the CPUs with torch threads to match)
+    EncodeSource per query set and per corpus (a corpus shared by collections is one source)
+      -> `_TextDatasource` read tasks: the queries (small, sent with the task), and each corpus
+         cut into parts (`readers.split_corpus`: JSONL byte ranges, Parquet row groups), four
+         per actor of the pool at least, each part streamed with `readers.iter_corpus_part`
+         inside its read task, in blocks of `block_rows` (`block_rows_for`: large, as each
+         encoder call sorts its rows by length to pad less)
+      -> `map_batches(_EncodeBatch)` on an autoscaling actor pool (one GPU per actor when the
+         cluster has GPUs, else a share of the CPUs with torch threads to match), each actor
+         also asking for the `encode` stage resources (`runtime.stage_options`)
       -> each batch grouped by (collection, kind), encoded with BiEncoder.encode (length-sorted
          sub-batches of `batch_size`), written to ``<emb_dir>/<kind>/<sha1 of ids>.parquet``
          with columns ``id: string, embedding: fixed_size_list<float32>[dim]``
@@ -34,20 +37,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synrank.data.readers import CorpusPart
+
 log = logging.getLogger(__name__)
 
 KINDS = ("query", "passage")
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 256, 4096
+BLOCKS_PER_ACTOR = 4
+TASKS_IN_FLIGHT_PER_ACTOR = 2
 
 
 def block_rows_for(total_docs: int | None, pool_size: int) -> int:
     """Rows per Ray Data block and per encoder call. An encoder call sorts its rows by length
-    before cutting batches (less padding), so blocks are as large as possible while every actor
-    still gets work: total / pool size, within [256, 4096]."""
+    before cutting batches (less padding), so blocks are large, yet several per actor: an actor
+    holds up to two blocks (one running, one fetched), and the first actors up must not take
+    every block before the others start: total / (4 x pool size), within [256, 4096]."""
     if not total_docs:
         return 1024
-    per_actor = -(-total_docs // max(1, pool_size))
-    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, per_actor)))
+    per_block = -(-total_docs // (BLOCKS_PER_ACTOR * max(1, pool_size)))
+    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, per_block)))
+
 
 _TEXT_SCHEMA = pa.schema([
     ("collection", pa.string()),
@@ -72,7 +81,7 @@ _RESULT_SCHEMA = pa.schema([
 
 @dataclass
 class EncodeSource:
-    """What to encode for one collection: its queries (ids and texts) and its corpus path."""
+    """What to encode under one key: queries (ids and texts), a corpus path, or both."""
 
     key: str
     emb_dir: str
@@ -145,19 +154,19 @@ def _read_queries_block(key: str, ids: list[str], texts: list[str], block_rows: 
         yield _text_block(key, "query", chunk, [""] * len(chunk), texts[start : start + block_rows])
 
 
-def _read_corpus_blocks(key: str, path: str, block_rows: int) -> Iterator[pa.Table]:
-    from synrank.data.readers import iter_corpus
+def _read_corpus_blocks(key: str, part: CorpusPart, block_rows: int) -> Iterator[pa.Table]:
+    from synrank.data.readers import iter_corpus_part
 
-    for batch in iter_corpus(path, batch_size=block_rows):
+    for batch in iter_corpus_part(part, batch_size=block_rows):
         yield _text_block(key, "passage", batch.column(0), batch.column(1), batch.column(2))
 
 
-def _text_datasource(sources: list[EncodeSource], block_rows: int):
+def _text_datasource(sources: list[EncodeSource], parts: dict[str, list[CorpusPart]], block_rows: int):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
     class _TextDatasource(Datasource):
-        """One read task per query set (data shipped with the task) and per corpus (streamed)."""
+        """One read task per query set (data shipped with the task) and per corpus part (streamed)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -177,11 +186,10 @@ def _text_datasource(sources: list[EncodeSource], block_rows: int):
                                       input_files=None),
                         schema=_TEXT_SCHEMA,
                     ))
-                if src.corpus_path is not None:
-                    key, path = src.key, src.corpus_path
+                for part in parts.get(src.key, []):
                     tasks.append(ReadTask(
-                        lambda key=key, path=path: _read_corpus_blocks(key, path, block_rows),
-                        BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
+                        lambda key=src.key, part=part: _read_corpus_blocks(key, part, block_rows),
+                        BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(part.file,)),
                         schema=_TEXT_SCHEMA,
                     ))
             return tasks
@@ -278,7 +286,7 @@ class _EncodeBatch:
 
 @dataclass
 class PoolPlan:
-    """How many encoder actors and what each asks of Ray."""
+    """The encoder pool's maximum size and what each actor asks of Ray."""
 
     size: int
     num_cpus: float
@@ -287,22 +295,27 @@ class PoolPlan:
 
     def describe(self) -> str:
         per = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.num_cpus:g} CPU ({self.threads} torch threads)"
-        return f"{self.size} encoder actor(s), {per} each"
+        return f"up to {self.size} encoder actor(s), {per} each"
 
 
 def plan_pool(num_cpus: float, num_gpus: float, num_encoders: int | None = None,
-              max_node_cpus: float | None = None, max_threads: int = 8) -> PoolPlan:
-    """GPUs: one actor per whole GPU (or `num_encoders`), 1 CPU each for tokenisation.
+              max_node_cpus: float | None = None, max_threads: int = 8, use_gpus: bool | None = None) -> PoolPlan:
+    """GPUs (`use_gpus`; default: when the cluster has one now): one actor per GPU, `num_encoders`
+    of them (default: the GPUs up now), 1 CPU each for tokenisation. On a cluster that scales from
+    zero no GPU is up yet: pass `num_encoders` and `use_gpus=True`, and the autoscaler brings up
+    nodes for the actors.
 
     CPUs only: data parallelism across actors scales better than torch's intra-op threads (no
     barrier per operator, and a descheduled thread stalls only its own actor), so the CPUs are
     cut into actors of about sqrt(CPUs per node) threads (2 CPUs: 2 actors x 1 thread; 16: 4 x 4;
     64: 8 x 8), at most `max_threads` each; fewer, fatter actors save memory (a model copy each).
-    With `num_encoders`, the CPUs are shared out among that many actors.
+    With `num_encoders`, the CPUs are shared out among that many actors (1 CPU each when no CPU
+    is up yet).
     """
-    if num_gpus >= 1:
-        size = num_encoders or int(num_gpus)
-        return PoolPlan(size=max(1, min(size, int(num_gpus))), num_cpus=1, num_gpus=1, threads=None)
+    if use_gpus is None:
+        use_gpus = num_gpus >= 1
+    if use_gpus:
+        return PoolPlan(size=num_encoders or max(1, int(num_gpus)), num_cpus=1, num_gpus=1, threads=None)
     total = max(1, int(num_cpus))
     per_node = max(1, int(max_node_cpus or total))
     if num_encoders:
@@ -314,14 +327,14 @@ def plan_pool(num_cpus: float, num_gpus: float, num_encoders: int | None = None,
     return PoolPlan(size=size, num_cpus=per_actor, num_gpus=0, threads=per_actor)
 
 
-def fit_pool_to_inputs(plan: PoolPlan, corpora: int, num_cpus: float, max_node_cpus: float | None) -> PoolPlan:
-    """A CPU pool with no more actors than corpora to read. Ray Data sizes an actor pool by its
-    input count, and a corpus is one streaming read task: with one corpus, a planned second actor
-    would sit idle while the first encodes everything on its share of the threads (measured on
-    2 CPUs: 0.59x sentence-transformers with 2 x 1 thread, 0.93x with 1 x 2 threads)."""
-    if plan.num_gpus or corpora <= 0 or corpora >= plan.size:
-        return plan
-    return plan_pool(num_cpus, 0, corpora, max_node_cpus)
+def _warn_if_nothing_is_up(num_cpus: float, num_gpus: float, num_encoders: int | None, plan: PoolPlan) -> None:
+    if num_cpus >= 1 or num_gpus >= 1:
+        return
+    if num_encoders is None:
+        log.warning("no CPU or GPU is up in the cluster (does it scale from zero?): the encoder pool can grow to "
+                    "only %s; set evaluate.num_encoders to the pool's maximum", plan.describe())
+    elif not plan.num_gpus:
+        log.warning("no CPU or GPU is up in the cluster yet: %s (to encode on GPUs, ask for them)", plan.describe())
 
 
 def _max_node_cpus() -> float | None:
@@ -338,6 +351,7 @@ def encode_sources(
     overrides: dict | None = None,
     batch_size: int = 64,
     num_encoders: int | None = None,
+    use_gpus: bool | None = None,
     block_rows: int | None = None,
     resources=None,
     progress: bool = True,
@@ -345,22 +359,27 @@ def encode_sources(
 ) -> dict[str, EncodedShards]:
     """Encode every source's queries and corpus on a Ray Data actor pool; return shard paths.
 
-    Ray must be initialised (`synrank.runtime.init_ray`). `resources` is its ClusterResources
-    (looked up when None). `stats`, if given, is filled with per-actor timings.
+    Ray must be initialised (`synrank.runtime.init_ray`). `num_encoders`: the pool's maximum
+    (default: from the cluster as it is now); `use_gpus`: see `plan_pool`. `resources` is its
+    ClusterResources (looked up when None). `stats`, if given, is filled with per-actor timings.
     """
     import ray
 
-    from synrank.runtime import cluster_resources, watch_progress
+    from synrank.data.readers import split_corpus
+    from synrank.runtime import cluster_resources, stage_options, watch_progress
 
     resources = resources or cluster_resources()
-    max_node_cpus = _max_node_cpus()
-    plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, max_node_cpus)
-    if num_encoders is None:
-        plan = fit_pool_to_inputs(plan, sum(1 for s in sources if s.corpus_path), resources.num_cpus, max_node_cpus)
+    plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus(), use_gpus=use_gpus)
+    _warn_if_nothing_is_up(resources.num_cpus, resources.num_gpus, num_encoders, plan)
+    # A read task's rows reach the pool as one block (Ray Data joins what it yields, up to 128 MiB),
+    # and an actor takes whole blocks: several parts per actor keep every actor busy on one corpus.
+    parts = {s.key: split_corpus(s.corpus_path, min_parts=BLOCKS_PER_ACTOR * plan.size)
+             for s in sources if s.corpus_path}
     if block_rows is None:
         known = [s.num_docs for s in sources if s.corpus_path]
         block_rows = block_rows_for(sum(known) if known and None not in known else None, plan.size)
-    log.info("encoding with %s, blocks of %d rows", plan.describe(), block_rows)
+    read_tasks = sum(1 for s in sources if s.query_ids) + sum(len(p) for p in parts.values())
+    log.info("encoding with %s, %d read task(s), blocks of %d rows", plan.describe(), read_tasks, block_rows)
     emb_dirs = {s.key: s.emb_dir for s in sources}
 
     # Read tasks take no CPU slot (the encoders hold them all on a CPU-only cluster; reading is
@@ -368,12 +387,9 @@ def encode_sources(
     read_args: dict[str, Any] = {"num_cpus": 0}
     if any(s.corpus_path and "://" not in s.corpus_path for s in sources):
         read_args["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
-    ds = ray.data.read_datasource(
-        _text_datasource(sources, block_rows),
-        override_num_blocks=max(1, sum(1 for s in sources if s.query_ids) + sum(1 for s in sources if s.corpus_path)),
-        **read_args,
-    )
-    remote: dict[str, Any] = {"num_cpus": plan.num_cpus}
+    ds = ray.data.read_datasource(_text_datasource(sources, parts, block_rows), override_num_blocks=max(1, read_tasks),
+                                  **read_args)
+    remote: dict[str, Any] = {"num_cpus": plan.num_cpus, **stage_options("encode")}
     if plan.num_gpus:
         remote["num_gpus"] = plan.num_gpus
     encoded = ds.map_batches(
@@ -384,8 +400,12 @@ def encode_sources(
         },
         batch_size=block_rows,
         batch_format="pyarrow",
-        # One block in flight per actor: blocks are few and large, and must spread over the pool.
-        compute=ray.data.ActorPoolStrategy(size=plan.size, max_tasks_in_flight_per_actor=1),
+        # The pool asks for its maximum at once: Ray Data grows a pool only into resources the
+        # cluster already has, while pending actors make an autoscaler bring up nodes for them.
+        # It gives actors back when they idle, and grows again when every actor has a block
+        # queued (Ray Data's threshold of 175 % utilisation needs two blocks in flight per actor).
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.size, initial_size=plan.size,
+                                           max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
         zero_copy_batch=True,
         **remote,
     )
@@ -419,6 +439,14 @@ def read_shards(paths: list[str], batch_rows: int = 65_536) -> Iterator[tuple[li
                 dim = emb.type.list_size
                 vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
                 yield batch.column(0).to_pylist(), vectors
+
+
+def embedding_dim(path: str) -> int:
+    """The embedding dimension of a shard, from its Parquet footer."""
+    from synrank import storage
+
+    with storage.open(path, "rb") as handle:
+        return int(pq.ParquetFile(handle).schema_arrow.field("embedding").type.list_size)
 
 
 def read_all(paths: list[str]) -> tuple[list[str], np.ndarray]:

@@ -7,7 +7,14 @@ embeddings):
 - ``ivf``: IndexIVFFlat, `nlist` k-means cells (default ~4·sqrt(N), at least 39 training points
   per cell), `nprobe` cells visited per query (default 2·sqrt(nlist), at least 16). Trained on a seeded
   random sample of the corpus (at most 256 points per cell), read from the shards.
-- ``hnsw``: IndexHNSWFlat (M=32, efConstruction=128, efSearch=max(128, 2k)). No training.
+- ``hnsw``: IndexHNSWFlat (M=32, efConstruction=128, efSearch=max(128, 2k)). No training. A graph
+  search needs a metric: on unit-length vectors inner product ranks as (negative) L2 distance
+  does, so the graph is built over inner products. Inner product on vectors of other lengths is
+  not a metric (a long vector is "nearest" to everything, and greedy graph walks miss neighbours),
+  so then each passage x is augmented to [x, sqrt(R^2 - |x|^2)] (R: the largest norm) and each
+  query q to [q, 0], whose L2 distance is |q|^2 + R^2 - 2 q.x: the L2 nearest neighbours are the
+  inner-product best, and scores are mapped back to q.x (Bachrach et al., RecSys 2014). Which
+  case applies is found by one pass over the vectors before they are added.
 
 GPUs. When ``faiss.get_num_gpus() > 0`` (faiss-gpu installed and a GPU visible) flat and IVF
 indexes live on the GPUs: the empty (trained) index is cloned onto all of them, sharded, before
@@ -71,11 +78,12 @@ class DenseIndex:
     iterator of (doc_ids, float32 matrix) chunks (called twice for IVF: sample, then add).
     """
 
-    def __init__(self, index, doc_ids: list[str], kind: str, on_gpu: bool):
+    def __init__(self, index, doc_ids: list[str], kind: str, on_gpu: bool, augment_norm: float | None = None):
         self.index = index
         self.doc_ids = doc_ids
         self.kind = kind
         self.on_gpu = on_gpu
+        self.augment_norm = augment_norm  # R of the inner-product-to-L2 augmentation (module doc), or None
 
     @property
     def ntotal(self) -> int:
@@ -109,10 +117,17 @@ class DenseIndex:
             log.warning("top_k=%d exceeds faiss-gpu's limit of %d; searching on the CPU", top_k, GPU_MAX_K)
             want_gpu = False
 
+        augment_norm = None
         if options.kind == "flat":
             index = faiss.IndexFlatIP(dim)
         elif options.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            augment_norm = _largest_norm_unless_unit(shards)
+            if augment_norm is None:
+                index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                log.info("hnsw: the vectors are not unit-length (largest norm %.4g); the graph is built over L2 "
+                         "distances of augmented vectors, which rank as inner products do", augment_norm)
+                index = faiss.IndexHNSWFlat(dim + 1, options.hnsw_m, faiss.METRIC_L2)
             index.hnsw.efConstruction = options.ef_construction
             index.hnsw.efSearch = options.ef_search or max(128, 2 * top_k)
         else:
@@ -132,13 +147,14 @@ class DenseIndex:
         for ids, vectors in shards():
             if vectors.shape[1] != dim:
                 raise ValueError(f"embedding dimension {vectors.shape[1]} != index dimension {dim}")
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            index.add(vectors if augment_norm is None else _augment_passages(vectors, augment_norm))
             doc_ids.extend(ids)
             if progress is not None:
                 progress(len(ids))
         if len(doc_ids) != index.ntotal:  # pragma: no cover - faiss invariant
             raise RuntimeError(f"index holds {index.ntotal} vectors for {len(doc_ids)} ids")
-        return cls(index, doc_ids, options.kind, want_gpu)
+        return cls(index, doc_ids, options.kind, want_gpu, augment_norm)
 
     def search(self, queries: np.ndarray, k: int, batch_size: int = 1024,
                progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -146,7 +162,12 @@ class DenseIndex:
         k = min(k, self.ntotal)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         for start in range(0, len(queries), batch_size):
-            scores, rows = self.index.search(queries[start : start + batch_size], k)
+            batch = queries[start : start + batch_size]
+            if self.augment_norm is None:
+                scores, rows = self.index.search(batch, k)
+            else:
+                distances, rows = self.index.search(np.hstack([batch, np.zeros((len(batch), 1), np.float32)]), k)
+                scores = _inner_products(batch, distances, self.augment_norm)
             if progress is not None:
                 progress(len(rows))
             yield start, scores, rows
@@ -163,6 +184,31 @@ def _to_gpus(index, n_gpus: int):
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", min(int(index.nprobe), GPU_MAX_K))
     log.info("faiss index on %d GPU(s)", n_gpus)
     return gpu_index
+
+
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def _largest_norm_unless_unit(shards) -> float | None:
+    """The largest vector norm, or None when every vector is unit-length (within 1e-3)."""
+    largest, off_unit = 0.0, False
+    for _, vectors in shards():
+        norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
+        if len(norms):
+            largest = max(largest, float(norms.max()))
+            off_unit = off_unit or bool(np.any(np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE))
+    return largest if off_unit else None
+
+
+def _augment_passages(vectors: np.ndarray, norm: float) -> np.ndarray:
+    extra = np.sqrt(np.maximum(norm * norm - np.einsum("ij,ij->i", vectors, vectors), 0.0))
+    return np.ascontiguousarray(np.hstack([vectors, extra[:, None].astype(np.float32)]))
+
+
+def _inner_products(queries: np.ndarray, distances: np.ndarray, norm: float) -> np.ndarray:
+    """q.x from the squared L2 distance |q|^2 + R^2 - 2 q.x of augmented vectors."""
+    q_norms = np.einsum("ij,ij->i", queries, queries).astype(np.float64)[:, None]
+    return ((q_norms + norm * norm - distances.astype(np.float64)) / 2).astype(np.float32)
 
 
 def _training_sample(shards, n_total: int, n_sample: int, seed: int) -> np.ndarray:

@@ -9,14 +9,18 @@ default 100) and scored with pytrec_eval (see `metrics`). Outputs under ``<out>/
 
 and ``<out>/summary.json`` / ``summary.md``: the table across collections.
 
-Dense models: the queries and corpora of all collections go through one Ray Data actor pool
-(`encode.encode_sources`), then a faiss index per collection (`index.DenseIndex`, built from the
-shards) is searched in the driver. BM25 (`bm25.BM25Retriever`) runs in the driver.
+Nothing corpus-sized happens in the driver (a job's driver runs on the cluster's small head):
+collections that share a corpus file share one corpus (`corpora`), read and checked once by Ray
+tasks over its parts. Dense models: the queries of every collection and each corpus, once, go
+through one Ray Data actor pool (`encode.encode_sources`); then a Ray task per corpus builds its
+faiss index from the shards and searches the queries of every collection that shares it
+(`search.dense_search`). BM25: a Ray task per corpus (`search.bm25_search`). The driver holds
+queries, qrels and runs.
 
-Every collection is checked before any encoding starts, so a bad input fails in seconds: a model
-that is not an encoder, a collection without the asked split (the message lists those it has),
-no corpus or an empty corpus, qrels naming no query of the queries file, qrels naming no document
-of the corpus.
+Every collection is checked before any encoding starts: a model that is not an encoder, a
+collection without the asked split (the message lists those it has), no corpus or an empty
+corpus, a bad corpus line (named by file and line), qrels naming no query of the queries file,
+qrels naming no document of the corpus.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from synrank.config import EncoderConfig, EvaluateConfig
 from synrank import storage
 from synrank.storage import write_json, write_text
 from synrank.data.errors import DataError, DataWarning, MissingFileError
-from synrank.evaluate.bm25 import BM25_NAME, BM25Retriever
-from synrank.evaluate.index import DenseIndex, IndexOptions, results_to_run
+from synrank.evaluate.bm25 import BM25_NAME
+from synrank.evaluate.corpora import CorpusScan, corpus_identity, scan_corpus
+from synrank.evaluate.index import IndexOptions
 from synrank.evaluate.metrics import MEASURES, evaluate_run, mean_metrics
 from synrank.evaluate.runfile import write_run
+from synrank.evaluate.search import CorpusRuns, QuerySet
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,8 @@ class ModelError(ValueError):
 
 @dataclass
 class PreparedCollection:
-    """A checked collection: its judged queries (in queries-file order) and qrels."""
+    """A checked collection: its judged queries (in queries-file order) and qrels; `num_docs` once
+    its corpus is checked (`check_corpus`)."""
 
     name: str
     path: str
@@ -64,8 +71,21 @@ class PreparedCollection:
     query_ids: list[str]
     query_texts: list[str]
     qrels: dict[str, dict[str, int]]
-    num_docs: int
+    qrels_file: str
+    num_docs: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def judged_docs(self) -> set[str]:
+        return {did for qid in self.query_ids for did in self.qrels[qid]}
+
+
+@dataclass
+class SharedCorpus:
+    """A corpus file and the collections that search it."""
+
+    path: str
+    collections: list[PreparedCollection]
+    scan: CorpusScan | None = None
 
 
 def _note(prepared_notes: list[str], message: str) -> None:
@@ -74,7 +94,8 @@ def _note(prepared_notes: list[str], message: str) -> None:
 
 
 def prepare_collection(path: str, split: str = "test", name: str | None = None) -> PreparedCollection:
-    """Read and check one collection folder for evaluation (see the module doc for the errors)."""
+    """Read and check one collection folder's queries and qrels for evaluation (see the module doc
+    for the errors); its corpus is checked by `check_corpus`, in Ray tasks."""
     from synrank.data import readers
 
     path = os.fspath(path)
@@ -110,29 +131,6 @@ def prepare_collection(path: str, split: str = "test", name: str | None = None) 
     if missing_queries:
         _note(notes, f"{qrels_file}: {len(missing_queries)} judged query id(s) have no text in the queries file "
               f"(e.g. {missing_queries[0]!r}); they are not evaluated")
-
-    # One streaming pass over the corpus: its size, and which judged documents it holds.
-    judged_docs = {did for qid in judged for did in qrels[qid]}
-    found: set[str] = set()
-    num_docs = 0
-    for batch in readers.iter_corpus(path, batch_size=65_536):
-        num_docs += batch.num_rows
-        if len(found) < len(judged_docs):
-            found.update(d for d in batch.column(0).to_pylist() if d in judged_docs)
-    if num_docs == 0:
-        raise DataError(corpus_path, "the corpus is empty: there is nothing to retrieve")
-    if not found:
-        raise DataError(qrels_file, f"no judged document is in the corpus ({len(judged_docs)} judged doc id(s), "
-                        f"none among the {num_docs} documents of {corpus_path}): the qrels have no judged query "
-                        "with a document in this corpus; do the qrels belong to it?")
-    if len(found) < len(judged_docs):
-        _note(notes, f"{qrels_file}: {len(judged_docs) - len(found)} of {len(judged_docs)} judged doc id(s) are not "
-              f"in the corpus; they stay in the qrels (relevant but unretrievable, as in trec_eval)")
-    no_doc = [qid for qid in judged if not any(d in found for d in qrels[qid])]
-    if no_doc:
-        _note(notes, f"{qrels_file}: {len(no_doc)} judged query(ies) have no judged document in the corpus "
-              f"(e.g. {no_doc[0]!r}); they score 0")
-
     return PreparedCollection(
         name=name or storage.name(path) or path,
         path=path,
@@ -141,9 +139,47 @@ def prepare_collection(path: str, split: str = "test", name: str | None = None) 
         query_ids=judged,
         query_texts=[texts[q] for q in judged],
         qrels={q: qrels[q] for q in judged},
-        num_docs=num_docs,
+        qrels_file=qrels_file,
         notes=notes,
     )
+
+
+def group_by_corpus(collections: list[PreparedCollection]) -> list[SharedCorpus]:
+    """The distinct corpus files of `collections` (`corpora.corpus_identity`), in first-use order."""
+    corpora: dict[Any, SharedCorpus] = {}
+    for col in collections:
+        corpus = corpora.setdefault(corpus_identity(col.corpus_path), SharedCorpus(col.corpus_path, []))
+        corpus.collections.append(col)
+    return list(corpora.values())
+
+
+def check_corpus(corpus: SharedCorpus) -> None:
+    """One pass over the corpus in Ray tasks (`corpora.scan_corpus`): its size, its lines checked,
+    and for each collection which of its judged documents it holds (errors and notes as in the
+    module doc). Ray must be initialised."""
+    scan = scan_corpus(corpus.path, set().union(*(col.judged_docs() for col in corpus.collections)))
+    if scan.num_docs == 0:
+        raise DataError(corpus.path, "the corpus is empty: there is nothing to retrieve")
+    for col in corpus.collections:
+        _check_judged_docs(col, scan)
+    corpus.scan = scan
+
+
+def _check_judged_docs(col: PreparedCollection, scan: CorpusScan) -> None:
+    judged_docs = col.judged_docs()
+    found = judged_docs & scan.found
+    if not found:
+        raise DataError(col.qrels_file, f"no judged document is in the corpus ({len(judged_docs)} judged doc id(s), "
+                        f"none among the {scan.num_docs} documents of {col.corpus_path}): the qrels have no judged "
+                        "query with a document in this corpus; do the qrels belong to it?")
+    if len(found) < len(judged_docs):
+        _note(col.notes, f"{col.qrels_file}: {len(judged_docs) - len(found)} of {len(judged_docs)} judged doc id(s) "
+              f"are not in the corpus; they stay in the qrels (relevant but unretrievable, as in trec_eval)")
+    no_doc = [qid for qid in col.query_ids if not any(d in found for d in col.qrels[qid])]
+    if no_doc:
+        _note(col.notes, f"{col.qrels_file}: {len(no_doc)} judged query(ies) have no judged document in the corpus "
+              f"(e.g. {no_doc[0]!r}); they score 0")
+    col.num_docs = scan.num_docs
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -240,23 +276,8 @@ def encoder_overrides(encoder: EncoderConfig) -> dict[str, Any]:
 # the stage
 
 
-def _progress(total: int | None, desc: str, enabled: bool) -> Callable[[int], None] | None:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="q" if "search" in desc else "doc", leave=False, mininterval=1.0)
-
-    def update(n: int) -> None:
-        bar.update(n)
-        if total is not None and bar.n >= total:
-            bar.close()
-
-    return update
-
-
-def _rmtree(path: str) -> None:
-    storage.remove(path)
+def _embedding_dir(out: str, col: PreparedCollection) -> str:
+    return storage.join(out, col.name, "embeddings")
 
 
 def evaluate(
@@ -267,13 +288,18 @@ def evaluate(
     index_options: IndexOptions | None = None,
     relevance_level: int = 1,
     progress: bool = True,
+    encoder_gpus: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the evaluation `config` describes; returns ``{collection: {"metrics", "per_query",
-    "run_path", "metrics_path", ...}}`` and writes the files listed in the module doc."""
+    "run_path", "metrics_path", ...}}`` and writes the files listed in the module doc.
+    `encoder_gpus`: encoder actors take a GPU each (default: `config.encoder_gpus`, else when the
+    cluster has a GPU now; say True on a cluster that scales GPU nodes from zero)."""
     if not config.collections:
         raise ValueError("evaluate: no collection given (--collection DIR [DIR ...])")
     if not config.out:
         raise ValueError("evaluate: no output folder given (--out DIR)")
+    from synrank.runtime import init_ray
+
     model = config.model
     bm25 = is_bm25(model)
     model_path = None if bm25 else check_encoder(model)
@@ -283,72 +309,35 @@ def evaluate(
     names = unique_names(config.collections)
     started = time.perf_counter()
     prepared = [prepare_collection(p, config.split, n) for p, n in zip(config.collections, names)]
+    resources = init_ray(address)
+    corpora = group_by_corpus(prepared)
+    for corpus in corpora:
+        check_corpus(corpus)
     label = model_label(model)
     out = os.fspath(config.out)
     options = dataclasses.replace(index_options or IndexOptions(), kind=config.index)
     settings: dict[str, Any] = {"model": model, "label": label, "split": config.split, "top_k": config.top_k,
                                 "relevance_level": relevance_level}
-    results: dict[str, dict[str, Any]] = {}
-
     if bm25:
-        for col in prepared:
-            t0 = time.perf_counter()
-            from synrank.data.readers import iter_corpus
-
-            retriever = BM25Retriever()
-            retriever.index_batches(iter_corpus(col.corpus_path, batch_size=10_000),
-                                    progress=_progress(col.num_docs, f"bm25 index {col.name}", progress))
-            t1 = time.perf_counter()
-            run = retriever.search(col.query_ids, col.query_texts, k=config.top_k, show_progress=progress)
-            t2 = time.perf_counter()
-            results[col.name] = _finish(col, run, out, label, {**settings, "bm25": retriever.settings},
-                                        {"index_s": t1 - t0, "search_s": t2 - t1}, relevance_level)
+        searched = _bm25_runs(corpora, config.top_k)
+        timings: dict[str, Any] = {}
+        task_settings = "bm25"
     else:
-        from synrank.evaluate.encode import EncodeSource, EncodeStats, encode_sources, read_all, read_shards
-        from synrank.runtime import init_ray
-
-        overrides = encoder_overrides(config.encoder)
-        resources = init_ray(address)
-        sources = []
+        if encoder_gpus is None:
+            encoder_gpus = config.encoder_gpus
+        searched, timings = _dense_runs(corpora, config, out, actor_model, options, resources, progress, encoder_gpus)
+        settings.update(encoder=encoder_overrides(config.encoder), model_path=model_path, index=options.kind)
+        task_settings = "search"
+    by_collection = {name: (run, result) for result in searched for name, run in result.runs.items()}
+    results: dict[str, dict[str, Any]] = {}
+    for col in prepared:
+        run, result = by_collection[col.name]
+        results[col.name] = _finish(col, run, out, label, {**settings, task_settings: result.settings},
+                                    {**timings, "index_s": result.index_s, "search_s": result.search_s[col.name]},
+                                    relevance_level)
+    if not bm25 and not keep_embeddings:
         for col in prepared:
-            emb_dir = storage.join(out, col.name, "embeddings")
-            _rmtree(emb_dir)
-            sources.append(EncodeSource(col.name, emb_dir, col.query_ids, col.query_texts, col.corpus_path, col.num_docs))
-        total_docs = sum(c.num_docs for c in prepared)
-        log.info("encoding %d queries and %d documents of %d collection(s) with %s", sum(len(c.query_ids) for c in prepared),
-                 total_docs, len(prepared), label)
-        t0 = time.perf_counter()
-        stats = EncodeStats()
-        shards = encode_sources(sources, actor_model, overrides=overrides, batch_size=config.batch_size,
-                                num_encoders=config.num_encoders, resources=resources, progress=progress,
-                                stats=stats)
-        encode_s = time.perf_counter() - t0
-        log.info("encoded in %.1f s (%.1f docs/s; %d actor(s), model load %.1f s, busiest actor encoding %.1f s)",
-                 encode_s, total_docs / max(encode_s, 1e-9), len(stats.busy_s),
-                 max(stats.init_s.values(), default=0.0), stats.busiest_s)
-        for col in prepared:
-            t1 = time.perf_counter()
-            got = shards[col.name]
-            if got.rows("passage") != col.num_docs or got.rows("query") != len(col.query_ids):
-                raise RuntimeError(f"{col.name}: encoded {got.rows('passage')} documents and {got.rows('query')} "
-                                   f"queries, expected {col.num_docs} and {len(col.query_ids)}")
-            qids, qvecs = read_all(got.paths("query"))
-            passage_paths = got.paths("passage")
-            index = DenseIndex.build(qvecs.shape[1], lambda: read_shards(passage_paths), col.num_docs, options,
-                                     top_k=config.top_k)
-            order = {q: i for i, q in enumerate(qids)}
-            qvecs = qvecs[[order[q] for q in col.query_ids]]
-            t2 = time.perf_counter()
-            run = results_to_run(col.query_ids, index.search(qvecs, config.top_k), index.doc_ids)
-            t3 = time.perf_counter()
-            del index
-            if not keep_embeddings:
-                _rmtree(storage.join(out, col.name, "embeddings"))
-            extra = {**settings, "encoder": overrides, "model_path": model_path, "index": options.kind}
-            results[col.name] = _finish(col, run, out, label, extra,
-                                        {"encode_s_all_collections": encode_s, "encoder_actors": stats.as_dict(),
-                                         "index_s": t2 - t1, "search_s": t3 - t2},
-                                        relevance_level)
+            storage.remove(_embedding_dir(out, col))
     summary = summary_table(results)
     write_text(summary + "\n", storage.join(out, "summary.md"))
     write_json({"model": model, "label": label, "split": config.split, "top_k": config.top_k,
@@ -359,6 +348,61 @@ def evaluate(
                storage.join(out, "summary.json"))
     log.debug("%s on %d collection(s):\n%s", label, len(results), summary)
     return results
+
+
+def _bm25_runs(corpora: list[SharedCorpus], top_k: int) -> list[CorpusRuns]:
+    from synrank.evaluate.search import bm25_search, gather
+
+    refs = [bm25_search(c.path, c.scan.num_docs, c.scan.text_bytes,
+                        {col.name: QuerySet(col.query_ids, texts=col.query_texts) for col in c.collections}, top_k)
+            for c in corpora]
+    return gather(refs, f"evaluation: BM25 over {len(refs)} corpus(es)")
+
+
+def _dense_runs(corpora: list[SharedCorpus], config: EvaluateConfig, out: str, actor_model: str,
+                options: IndexOptions, resources, progress: bool,
+                encoder_gpus: bool | None) -> tuple[list[CorpusRuns], dict[str, Any]]:
+    """Encode every corpus once and every collection's queries, then search each corpus in its task."""
+    from synrank.evaluate.encode import EncodeSource, EncodeStats, embedding_dim, encode_sources
+    from synrank.evaluate.search import dense_search, gather
+
+    sources: list[EncodeSource] = []
+    for i, corpus in enumerate(corpora):
+        # A shared corpus's passages go with its first collection's embeddings.
+        sources.append(EncodeSource(f"corpus:{i}", _embedding_dir(out, corpus.collections[0]), [], [], corpus.path,
+                                    corpus.scan.num_docs))
+        sources += [EncodeSource(f"queries:{col.name}", _embedding_dir(out, col), col.query_ids, col.query_texts, None)
+                    for col in corpus.collections]
+    for emb_dir in {s.emb_dir for s in sources}:
+        storage.remove(emb_dir)
+    total_docs = sum(c.scan.num_docs for c in corpora)
+    log.info("encoding %d queries of %d collection(s) and %d documents of %d corpus(es) with %s",
+             sum(len(s.query_ids) for s in sources), len(sources) - len(corpora), total_docs, len(corpora),
+             model_label(config.model))
+    started = time.perf_counter()
+    stats = EncodeStats()
+    shards = encode_sources(sources, actor_model, overrides=encoder_overrides(config.encoder),
+                            batch_size=config.batch_size, num_encoders=config.num_encoders, use_gpus=encoder_gpus,
+                            resources=resources, progress=progress, stats=stats)
+    encode_s = time.perf_counter() - started
+    log.info("encoded in %.1f s (%.1f docs/s; %d actor(s), model load %.1f s, busiest actor encoding %.1f s)",
+             encode_s, total_docs / max(encode_s, 1e-9), len(stats.busy_s),
+             max(stats.init_s.values(), default=0.0), stats.busiest_s)
+    for source in sources:
+        got = shards[source.key]
+        if got.rows("passage") != (source.num_docs or 0) or got.rows("query") != len(source.query_ids):
+            raise RuntimeError(f"{source.corpus_path or source.key}: encoded {got.rows('passage')} documents and "
+                               f"{got.rows('query')} queries, expected {source.num_docs or 0} and "
+                               f"{len(source.query_ids)}")
+    refs = []
+    for i, corpus in enumerate(corpora):
+        passages = shards[f"corpus:{i}"].paths("passage")
+        queries = {col.name: QuerySet(col.query_ids, shards[f"queries:{col.name}"].paths("query"))
+                   for col in corpus.collections}
+        refs.append(dense_search(corpus.path, passages, corpus.scan.num_docs, embedding_dim(passages[0]), queries,
+                                 config.top_k, options, resources.num_gpus))
+    searched = gather(refs, f"evaluation: search of {len(refs)} corpus(es)")
+    return searched, {"encode_s_all_collections": encode_s, "encoder_actors": stats.as_dict()}
 
 
 def _finish(col: PreparedCollection, run, out: str, label: str, settings: dict, timings: dict,
@@ -412,6 +456,7 @@ def evaluate_model(
     index_options: IndexOptions | None = None,
     relevance_level: int = 1,
     progress: bool = True,
+    encoder_gpus: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` (encoder path, hub name, ``default`` or ``bm25``) on `collections`.
 
@@ -427,6 +472,6 @@ def evaluate_model(
         fields["encoder"] = encoder
     config = EvaluateConfig(**fields)
     results = evaluate(config, address=address, keep_embeddings=keep_embeddings, index_options=index_options,
-                       relevance_level=relevance_level, progress=progress)
+                       relevance_level=relevance_level, progress=progress, encoder_gpus=encoder_gpus)
     log.info("%s on %d collection(s):\n%s", model_label(model), len(results), summary_table(results))
     return results
