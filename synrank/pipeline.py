@@ -262,12 +262,11 @@ class Pipeline:
         fp = fingerprint("groups", upstream, cfg.model_dump(mode="json"))
 
         def body() -> dict[str, str]:
-            from synrank.data.groups import build_groups, write_groups
+            from synrank.data.groups import build_groups_to
 
-            table, stats = build_groups(cfg)
             path = self.dir.path("groups", "groups.parquet")
-            write_groups(table, path, stats)
-            log.info("groups: %d training groups from %s labels", table.num_rows, cfg.source)
+            stats = build_groups_to(cfg, path)
+            log.info("groups: %d training groups from %s labels", stats.n_groups, cfg.source)
             return {"groups": path}
 
         return self._stage("groups", fp, body)["groups"], fp

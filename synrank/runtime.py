@@ -160,6 +160,14 @@ def stage_options(kind: str) -> dict[str, Any]:
     return {"resources": dict(res)} if res else {}
 
 
+def task_options(kind: str) -> dict[str, Any]:
+    """`stage_options` for a task or actor a stage starts itself (not Ray Data's, which schedules
+    its own): scheduled by its own request, never inside the caller's placement group. A Tune
+    trial's driver runs in a placement group sized for the driver alone, and Ray would otherwise
+    put the trial's groups, search and writer tasks into it, where they never fit."""
+    return {"scheduling_strategy": "DEFAULT", **stage_options(kind)}
+
+
 def _job_runtime_env() -> dict[str, Any] | None:
     """The stage resources set in this process, for this job's workers (a job submitted with them in
     its runtime_env already hands them on; Ray refuses the same variable twice)."""
@@ -218,6 +226,23 @@ def wait_for_node(request: Mapping[str, float], what: str, timeout_s: float | No
         time.sleep(poll_s)
     if time.monotonic() - started > 1.0:
         log.info("%s: a node with {%s} joined after %.0f s", what, _fmt(request), time.monotonic() - started)
+
+
+def ensure_node(request: Mapping[str, float], what: str, timeout_s: float | None = None) -> None:
+    """Before a stage starts work that needs `request` on one node: if no node up holds it, ask the
+    autoscaler for one (`ray.autoscaler.sdk.request_resources`; a no-op on a fixed cluster) and wait
+    for it as `wait_for_node` does. Only custom resources, CPUs, GPUs and memory are compared."""
+    request = {k: float(v) for k, v in request.items() if v}
+    if not request or nodes_that_fit(request):
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    log.info("%s: no node with {%s} is up; asking the autoscaler for one", what, _fmt(request))
+    request_resources(bundles=[request])
+    try:
+        wait_for_node(request, what, timeout_s)
+    finally:
+        request_resources(bundles=[])
 
 
 def _missing_message(request: Mapping[str, float], what: str, timeout_s: float) -> str:

@@ -100,7 +100,7 @@ class LocalCluster:
     """A head node plus worker nodes, each a `ray start --block` process on 127.0.0.1."""
 
     def __init__(self, head_cpus: float = 1, head_resources: dict[str, float] | None = None,
-                 env: dict[str, str] | None = None, dashboard: bool = True) -> None:
+                 env: dict[str, str] | None = None, dashboard: bool = True, defer_head: bool = False) -> None:
         self.env = cluster_env(env)
         self.temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Unix socket paths <= 107 bytes
         self.port = free_port()
@@ -111,7 +111,13 @@ class LocalCluster:
         self.dashboard = dashboard
         self.nodes: list[Node] = []
         self._counter = 0
-        self.head = self._start_node(head_cpus, head_resources or {}, head=True)
+        self._head_cpus, self._head_resources = head_cpus, head_resources or {}
+        if not defer_head:
+            self.start_head()
+
+    def start_head(self, extra_args: list[str] = ()) -> None:
+        """The head node (`defer_head=True` leaves it to the caller, e.g. to add an autoscaler)."""
+        self.head = self._start_node(self._head_cpus, self._head_resources, head=True, extra_args=list(extra_args))
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -127,7 +133,8 @@ class LocalCluster:
         return {**self.env, **(extra or {})}
 
     # -- nodes -------------------------------------------------------------------------------
-    def _start_node(self, num_cpus: float, resources: dict[str, float], head: bool = False) -> Node:
+    def _start_node(self, num_cpus: float, resources: dict[str, float], head: bool = False,
+                    extra_args: list[str] = ()) -> Node:
         self._counter += 1
         name = "head" if head else f"worker{self._counter - 1}"
         args = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
@@ -144,6 +151,7 @@ class LocalCluster:
                 args.append("--include-dashboard=false")
         else:
             args.append(f"--address={self.address}")
+        args += list(extra_args)
         log_path = self.temp / f"{name}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -196,6 +204,12 @@ class LocalCluster:
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.kill()
+        # Nodes this cluster's autoscaler launched are not in any node's process tree; they run
+        # with this cluster's session directory on their command line.
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(str(self.temp) in part for part in proc.info["cmdline"] or ()):
+                    proc.kill()
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":

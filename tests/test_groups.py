@@ -22,6 +22,10 @@ from synrank.data.groups import (
     write_groups,
 )
 
+# Building groups runs in Ray: one embedded Ray for the session, not one per build.
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
 # --------------------------------------------------------------------------------------------------
 # hand-made data
 

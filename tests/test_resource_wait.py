@@ -73,3 +73,40 @@ def test_an_engine_pool_waits_for_its_node_type_then_fails_clearly_and_leaves_no
 def _engine_actors(state) -> int:
     return sum(1 for a in state.actors().values()
                if str(a.get("ActorClassName", "")).endswith("EngineActor") and a.get("State") != "DEAD")
+
+
+@pytest.fixture
+def short_wait():
+    runtime.set_resource_wait(2)
+    yield
+    runtime.set_resource_wait(runtime.DEFAULT_RESOURCE_WAIT_S)
+
+
+def test_training_whose_node_type_never_comes_fails_naming_it(ray_session, stage_resources, short_wait, tmp_path):
+    from synrank.config import TrainConfig
+    from synrank.train.trainer import fit
+
+    import pyarrow as pa
+
+    from synrank.data import schemas
+    from synrank.data.groups import write_groups
+
+    groups = str(tmp_path / "groups.parquet")
+    write_groups(pa.table({
+        "query_id": ["1", "2"], "query": ["shock waves", "boundary layers"],
+        "doc_ids": [["a", "b"], ["c", "d"]], "texts": [["shock wave text", "other"], ["boundary layer", "other"]],
+        "grades": [[1.0, 0.0], [1.0, 0.0]], "sources": [["human", "bm25"], ["human", "bm25"]],
+    }, schema=schemas.TRAINING_GROUPS), groups)
+    stage_resources({"train": {"synrank_train": 0.001}})
+    with pytest.raises(runtime.ResourceWaitError, match=r"training \(1 worker\(s\)\) needs a node with .*synrank_train"):
+        fit(TrainConfig(max_steps=1, batch_size=1), groups, str(tmp_path / "out"))
+
+
+def test_evaluation_encoding_whose_node_type_never_comes_fails_naming_it(ray_session, stage_resources, short_wait,
+                                                                        tmp_path):
+    from synrank.evaluate.encode import EncodeSource, encode_sources
+
+    stage_resources({"encode": {"synrank_train": 0.001}})
+    source = EncodeSource("q", str(tmp_path / "emb"), ["1"], ["what is a shock wave"], None, 0)
+    with pytest.raises(runtime.ResourceWaitError, match="evaluation encoding .* synrank_train"):
+        encode_sources([source], "default", num_encoders=1, progress=False)

@@ -7,7 +7,8 @@ collection's corpus, optionally plus every passage people judged for the query.
 stage's hard negatives) or an encoder: ``default`` (the packaged all-MiniLM-L6-v2), a synrank
 export, a sentence-transformers directory or a hub name, encoded with the shared
 `synrank.encoder.BiEncoder` (exact inner-product search in blocks; fine for the corpora this
-stage judges, which are judged pair by pair by an LLM anyway).
+stage judges, which are judged pair by pair by an LLM anyway). The annotation stage runs the search
+in a Ray task, beside the corpus (`synrank.annotate.pipeline`), not in its driver.
 
 Output columns (`CANDIDATES`): query_id, doc_id, rank (1-based retriever rank; null for a
 judged passage the retriever did not return), score (null likewise), retriever, judged (whether
@@ -69,26 +70,31 @@ def _load_encoder(name: str):
     return BiEncoder.load(str(path), **overrides)
 
 
-def dense_search(corpus: pa.Table, queries: Sequence[str], k: int, model: str,
-                 batch_size: int = 64, block: int = 8192) -> list[list[tuple[str, float]]]:
-    """Exact top-k by the encoder's score, corpus in blocks so memory stays at block x queries."""
+def _passages(corpus: pa.Table) -> list[str]:
     from synrank.encoder import format_passage
 
+    return [format_passage(t, x) for t, x in zip(corpus.column("title").to_pylist(), corpus.column("text").to_pylist())]
+
+
+def dense_search(corpus: pa.Table, queries: Sequence[str], k: int, model: str,
+                 batch_size: int = 64, block: int = 8192) -> list[list[tuple[str, float]]]:
+    """Exact top-k by the encoder's score, corpus in blocks so memory stays at block x queries
+    (texts are formatted a block at a time too)."""
     encoder = _load_encoder(model)
-    ids = corpus.column("doc_id").to_pylist()
-    texts = [format_passage(t, x) for t, x in zip(corpus.column("title").to_pylist(), corpus.column("text").to_pylist())]
     q = encoder.encode(list(queries), "query", batch_size=batch_size)
-    k = min(k, len(ids))
+    k = min(k, corpus.num_rows)
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_idx = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(texts), block):
-        emb = encoder.encode(texts[start : start + block], "passage", batch_size=batch_size)
+    for start in range(0, corpus.num_rows, block):
+        emb = encoder.encode(_passages(corpus.slice(start, block)), "passage", batch_size=batch_size)
         scores = np.concatenate([best_scores, q @ emb.T], axis=1)
         idx = np.concatenate([best_idx, np.arange(start, start + len(emb))[None, :].repeat(len(queries), 0)], axis=1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         best_scores = np.take_along_axis(scores, top, 1)
         best_idx = np.take_along_axis(idx, top, 1)
-    return [[(ids[int(i)], float(s)) for i, s in zip(row_i, row_s)] for row_i, row_s in zip(best_idx, best_scores)]
+    ids = corpus.column("doc_id")
+    return [[(ids[int(i)].as_py(), float(s)) for i, s in zip(row_i, row_s)]
+            for row_i, row_s in zip(best_idx, best_scores)]
 
 
 def select_candidates(

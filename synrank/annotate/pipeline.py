@@ -15,6 +15,13 @@ strict parser (`synrank.annotate.parse`) rejects is asked again, up to `max_retr
 with sampling (temperature > 0, so that the answer can change); a pair still without a grade is
 recorded as a failure with every raw answer it got, never given a guessed grade.
 
+Where it runs: the pairs never pass through the calling process. A Ray task (`cpu` stage
+resources, memory sized to its input) reads the collection, searches the candidates, attaches the
+texts, writes or checks the pair list and finds the shards left to judge; the pending pairs come
+out of it as blocks of whole shards in Ray's object store, judged by a Ray Data map whose workers
+call the engines (a plain function judge: in this process, one block at a time); a last task
+checks the shards and writes the outputs.
+
 Output folder layout (local path or fsspec URL). Everything but the labels is underscore-prefixed,
 which Parquet readers skip: the folder itself reads as the LLM qrels (``read_qrels(out)``,
 ``groups.llm_qrels=out``), like a ``synrank generate`` folder reads as its passages.
@@ -42,10 +49,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -215,7 +221,8 @@ def _check_pairs(pairs: pa.Table) -> None:
     missing = [c for c in needed if c not in pairs.column_names]
     if missing:
         raise AnnotateError(f"pairs table lacks column(s) {missing}; expected {needed} (+ pass-through columns)")
-    clash = [c for c in pairs.column_names if c in JUDGMENT_NAMES and c not in ("query_id", "doc_id")]
+    clash = [c for c in pairs.column_names
+             if (c in JUDGMENT_NAMES and c not in ("query_id", "doc_id")) or c == SHARD_COLUMN]
     if clash:
         raise AnnotateError(f"pairs table column(s) {clash} clash with the judgment columns")
     keys = list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()))
@@ -271,12 +278,10 @@ class ShardSettings:
     schema: pa.Schema
 
 
-def judge_shard(shard: int, rows: Sequence[int], pairs: pa.Table, judge: Judge, settings: ShardSettings
-                ) -> dict[str, Any]:
-    """Judge the pairs `rows` of `pairs` (with retries) and write them as shard `shard`, atomically."""
+def judge_shard(shard: int, part: pa.Table, judge: Judge, settings: ShardSettings) -> dict[str, Any]:
+    """Judge the pairs of shard `shard` (`part`: its pairs, texts included) with retries, and write
+    them as that shard, atomically."""
     started = time.perf_counter()
-    rows = list(rows)
-    part = pairs.take(pa.array(rows, pa.int64()))
     prompts = [build_prompt(q, p, settings.n_levels, settings.prompt_version)
                for q, p in zip(part.column("query").to_pylist(), part.column("passage").to_pylist())]
     results = judge_prompts(prompts, judge, settings.n_levels, settings.max_retries)
@@ -285,42 +290,212 @@ def judge_shard(shard: int, rows: Sequence[int], pairs: pa.Table, judge: Judge, 
     table = _judgment_table(results, keys, passthrough, settings.schema, judge.model, settings.prompt_version)
     write_parquet(table, storage.join(settings.out, SHARDS_DIR, shard_name(shard)))
     graded = sum(1 for it in results if it.grade is not None)
-    return {"shard": int(shard), "pairs": len(rows), "graded": graded, "failed": len(rows) - graded,
+    return {"shard": int(shard), "pairs": part.num_rows, "graded": graded, "failed": part.num_rows - graded,
             "requests": sum(len(it.answers) for it in results), "wall_s": round(time.perf_counter() - started, 3)}
 
 
+def _shards_of(block: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """The (shard, pairs) of a block of pending pairs: runs of equal `_shard`, whole shards."""
+    shard_ids = block.column(SHARD_COLUMN).to_pylist()
+    pairs = block.drop_columns([SHARD_COLUMN])
+    start = 0
+    for end in range(1, len(shard_ids) + 1):
+        if end == len(shard_ids) or shard_ids[end] != shard_ids[start]:
+            yield shard_ids[start], pairs.slice(start, end - start)
+            start = end
+
+
+def _judge_block(block: pa.Table, judge: Any, settings: ShardSettings) -> list[dict[str, Any]]:
+    """Judge the shards of a block, each on engine `shard % num_engines` for an engine judge."""
+    summaries = []
+    for shard, part in _shards_of(block):
+        on_engine = judge.on_engine(shard) if hasattr(judge, "on_engine") else judge
+        summaries.append(judge_shard(shard, part, on_engine, settings))
+    return summaries
+
+
 class _ShardWorker:
-    """The Ray Data stage: one shard in, judged on engine `shard % num_engines`, written; a summary out."""
+    """The Ray Data stage: a block of whole shards in, judged and written; a summary per shard out."""
 
-    def __init__(self, pairs: list, judge: Any, settings: ShardSettings) -> None:
-        import ray
-
-        self.pairs = ray.get(pairs[0])  # the pairs table, shared through the object store
+    def __init__(self, judge: Any, settings: ShardSettings) -> None:
         self.judge = judge
         self.settings = settings
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        shard = int(row["shard"])
-        judge = self.judge.on_engine(shard) if hasattr(self.judge, "on_engine") else self.judge
-        return judge_shard(shard, [int(r) for r in row["rows"]], self.pairs, judge, self.settings)
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist(_judge_block(block, self.judge, self.settings))
 
 
-def _run_ray_data(tasks: list[tuple[int, list[int]]], pairs: pa.Table, judge: Any, settings: ShardSettings,
-                  on_summary: Callable[[dict[str, Any]], None]) -> None:
+def _judge_ray_data(blocks: list, judge: Any, settings: ShardSettings, on_summary: Callable[[dict[str, Any]], None]
+                    ) -> None:
     import ray
 
-    ref = ray.put(pairs)
-    ds = ray.data.from_items([{"shard": s, "rows": rows} for s, rows in tasks], override_num_blocks=len(tasks))
-    # Two workers per engine: one shard is being judged while the next one's prompts are sent.
-    workers = ray.data.ActorPoolStrategy(size=max(1, min(len(tasks), 2 * int(getattr(judge, "num_engines", 1)))))
-    ds = ds.map(_ShardWorker, fn_constructor_kwargs={"pairs": [ref], "judge": judge, "settings": settings},
-                compute=workers, num_cpus=0.1)
-    from synrank.runtime import watch_progress
+    from synrank.runtime import stage_options, watch_progress
 
-    with watch_progress(f"annotation: {len(tasks)} shard(s) of {settings.out}") as watch:
+    ds = ray.data.from_arrow_refs(blocks)
+    # Two workers per engine: one shard is being judged while the next one's prompts are sent.
+    workers = ray.data.ActorPoolStrategy(size=max(1, min(len(blocks), 2 * int(getattr(judge, "num_engines", 1)))))
+    # batch_size=None: one batch per block, so that a shard is never cut between two batches.
+    ds = ds.map_batches(_ShardWorker, batch_size=None, batch_format="pyarrow", compute=workers, num_cpus=0.1,
+                        **stage_options("generate"),  # beside the engines they feed
+                        fn_constructor_kwargs={"judge": judge, "settings": settings})
+    with watch_progress(f"annotation: {len(blocks)} block(s) of shards of {settings.out}") as watch:
         for summary in ds.iter_rows():
             watch.tick()
             on_summary(dict(summary))
+
+
+def _judge_here(blocks: list, judge: Judge, settings: ShardSettings, on_summary: Callable[[dict[str, Any]], None]
+                ) -> None:
+    """Judge in this process (a plain function judge), one block of pairs fetched at a time."""
+    import ray
+
+    for ref in blocks:
+        for summary in _judge_block(ray.get(ref), judge, settings):
+            on_summary(summary)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: the pairs stay in Ray
+
+
+SHARD_COLUMN = "_shard"  # the shard of each pending pair, in the blocks handed to the judging
+# Pending pairs go to the judging in blocks of whole shards of at least this size: over Ray's
+# 100 KiB limit for objects kept in their owner's memory, so blocks stay out of the driver.
+BLOCK_BYTES = 2**20
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the driver learns of a run's pairs before judging them."""
+
+    identity: dict[str, Any]  # the manifest's
+    schema: pa.Schema  # of the shard files
+    n_shards: int
+    n_pending: int  # shards left to judge
+
+
+def _plan_judging(pairs: pa.Table, out: str, base: dict[str, Any], identity: dict[str, Any], overwrite: bool,
+                  shard_size: int) -> Iterator[_Plan | pa.Table]:
+    """Check `pairs`, write or check the manifest and the pair list; yield the _Plan, then the
+    pairs of the shards left to judge, with their shard in SHARD_COLUMN, in blocks of whole shards."""
+    _check_pairs(pairs)
+    keys = list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()))
+    ident = {**base, "n_pairs": len(keys), "pairs_hash": _pairs_hash(keys), **identity}
+    stored = _prepare(out, pairs, ident, overwrite)
+    stored_keys = list(zip(stored.column("query_id").to_pylist(), stored.column("doc_id").to_pylist()))
+    if stored_keys != keys:  # the hash matched, so this only guards against a hand-edited folder
+        raise AnnotateError(f"{out}/{PAIRS_FILE} does not hold the pairs of this run; overwrite to start over")
+    shards = _shards([q for q, _ in keys], shard_size)
+    done = _list_shards(out)
+    pending = [i for i in range(len(shards)) if shard_name(i) not in done]
+    unknown = done - {shard_name(i) for i in range(len(shards))}
+    if unknown:
+        raise AnnotateError(f"{out}/{SHARDS_DIR} has files this run does not make: {sorted(unknown)[:3]}")
+    passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
+    yield _Plan(ident, _judgment_schema(passthrough.schema), len(shards), len(pending))
+    rows_of: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(keys):
+        rows_of.setdefault(q, []).append(i)
+    pairs_per_block = max(1, BLOCK_BYTES * pairs.num_rows // max(1, pairs.nbytes))
+    rows: list[int] = []
+    shard_ids: list[int] = []
+    for s in pending:
+        shard_rows = [r for q in shards[s] for r in rows_of[q]]
+        rows += shard_rows
+        shard_ids += [s] * len(shard_rows)
+        if len(rows) >= pairs_per_block or s == pending[-1]:
+            yield pairs.take(pa.array(rows, pa.int64())).append_column(SHARD_COLUMN, pa.array(shard_ids, pa.int64()))
+            rows, shard_ids = [], []
+
+
+def _plan_task(pairs: pa.Table | None, annotate_cfg: Any, out: str, base: dict[str, Any], identity: dict[str, Any],
+               overwrite: bool, shard_size: int) -> Iterator[_Plan | pa.Table]:
+    """A Ray generator task: `_plan_judging` of `pairs`, or (None) of the annotation pairs of
+    `annotate_cfg`, made here: candidate search and texts on this worker."""
+    if pairs is None:
+        pairs = _annotation_pairs(annotate_cfg, overwrite)
+    yield from _plan_judging(pairs, out, base, identity, overwrite, shard_size)
+
+
+# Ray `memory=` requests: peak bytes per byte of input (a collection folder, a table of pairs, an
+# output folder); a JSONL corpus with its BM25 index takes ~9 (Cranfield x10). Below the floor no
+# request is made: any worker has that much to spare.
+_BYTES_PER_INPUT_BYTE = 12
+_MEMORY_REQUEST_FLOOR = 256 * 2**20
+
+
+def _memory(input_bytes: int) -> dict[str, int]:
+    need = _BYTES_PER_INPUT_BYTE * input_bytes
+    return {"memory": need} if need >= _MEMORY_REQUEST_FLOOR else {}
+
+
+def _nbytes(url: str) -> int:
+    fs, path = storage.filesystem(url)
+    try:
+        return int(fs.du(path, total=True))
+    except FileNotFoundError:
+        return 0
+
+
+def _get(ref: Any) -> Any:
+    """ray.get, raising a task's own input error as it was raised (its message names what is wrong)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
+            raise exc.cause from None
+        raise
+
+
+def _nothing() -> None:
+    pass
+
+
+def _run_judging(pairs: pa.Table | None, annotate_cfg: Any, out: str, model: str,
+                 make_judge: Callable[[], tuple[Judge, Callable[[], None]]], *, n_levels: int, prompt_version: str,
+                 max_retries: int, shard_size: int, overwrite: bool, identity: dict[str, Any] | None,
+                 on_shard: Callable[[int, int], None] | None, ray_data: bool | None, address: str | None = None
+                 ) -> JudgeResult:
+    """Plan in a Ray task (`_plan_task`), judge the pending shards, finalize in a Ray task. The
+    judge comes from `make_judge` (with what releases it), only when a shard is left to judge."""
+    import ray
+
+    from synrank.runtime import init_ray, task_options
+
+    check_version(prompt_version)
+    init_ray(address)
+    cpu = task_options("cpu")
+    base = {"model": model, "prompt_version": prompt_version,
+            "prompt_fingerprint": fingerprint(prompt_version, n_levels), "n_levels": n_levels,
+            "max_retries": max_retries, "shard_size": shard_size}
+    source_bytes = pairs.nbytes if pairs is not None else _nbytes(annotate_cfg.collection)
+    chunks = ray.remote(_plan_task).options(num_returns="streaming", **cpu, **_memory(source_bytes)).remote(
+        pairs, annotate_cfg, out, base, identity or {}, overwrite, shard_size)
+    plan: _Plan = _get(next(chunks))
+    finished = plan.n_shards - plan.n_pending
+    log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, plan.identity["n_pairs"], plan.n_shards,
+             finished, plan.n_pending)
+
+    def summary_done(summary: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        log.info("shard %d: %d pairs, %d graded, %d failed, %d requests in %.1f s (%d of %d shards)",
+                 summary["shard"], summary["pairs"], summary["graded"], summary["failed"], summary["requests"],
+                 summary["wall_s"], finished, plan.n_shards)
+        if on_shard:
+            on_shard(finished, plan.n_shards)
+
+    if plan.n_pending:
+        judge, release = make_judge()
+        settings = ShardSettings(out, n_levels, prompt_version, max_retries, plan.schema)
+        use_ray = ray_data if ray_data is not None else hasattr(judge, "handle")
+        try:
+            (_judge_ray_data if use_ray else _judge_here)(list(chunks), judge, settings, summary_done)
+        finally:
+            release()
+    return _get(ray.remote(_finalize).options(**cpu, **_memory(_nbytes(out))).remote(out, plan.schema, plan.identity))
 
 
 def judge_pairs(
@@ -344,60 +519,11 @@ def judge_pairs(
     settings). `on_shard(done, total)` is called after each shard is written. `ray_data`: judge
     the shards in a Ray Data pipeline whose workers call the engines (default: for an engine
     judge, `synrank.annotate.engine.EngineJudge`); otherwise shard after shard in this process.
+    The pair list is checked and planned in a Ray task (the connected Ray, or an embedded one).
     """
-    check_version(prompt_version)
-    _check_pairs(pairs)
-    keys = list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()))
-    ident = {
-        "model": judge.model,
-        "prompt_version": prompt_version,
-        "prompt_fingerprint": fingerprint(prompt_version, n_levels),
-        "n_levels": n_levels,
-        "max_retries": max_retries,
-        "shard_size": shard_size,
-        "n_pairs": len(keys),
-        "pairs_hash": _pairs_hash(keys),
-        **(identity or {}),
-    }
-    stored = _prepare(out, pairs, ident, overwrite)
-    stored_keys = list(zip(stored.column("query_id").to_pylist(), stored.column("doc_id").to_pylist()))
-    if stored_keys != keys:  # the hash matched, so this only guards against a hand-edited folder
-        raise AnnotateError(f"{out}/{PAIRS_FILE} does not hold the pairs of this run; overwrite to start over")
-
-    passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
-    settings = ShardSettings(out, n_levels, prompt_version, max_retries, _judgment_schema(passthrough.schema))
-    rows_of: dict[str, list[int]] = {}
-    for i, (q, _) in enumerate(keys):
-        rows_of.setdefault(q, []).append(i)
-    shards = _shards([q for q, _ in keys], shard_size)
-    done = _list_shards(out)
-    pending = [i for i in range(len(shards)) if shard_name(i) not in done]
-    unknown = done - {shard_name(i) for i in range(len(shards))}
-    if unknown:
-        raise AnnotateError(f"{out}/{SHARDS_DIR} has files this run does not make: {sorted(unknown)[:3]}")
-    log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, len(keys), len(shards),
-             len(shards) - len(pending), len(pending))
-
-    tasks = [(s, [r for q in shards[s] for r in rows_of[q]]) for s in pending]
-    finished = len(shards) - len(pending)
-
-    def summary_done(summary: dict[str, Any]) -> None:
-        nonlocal finished
-        finished += 1
-        log.info("shard %d: %d pairs, %d graded, %d failed, %d requests in %.1f s (%d of %d shards)",
-                 summary["shard"], summary["pairs"], summary["graded"], summary["failed"], summary["requests"],
-                 summary["wall_s"], finished, len(shards))
-        if on_shard:
-            on_shard(finished, len(shards))
-
-    if tasks:
-        use_ray = ray_data if ray_data is not None else hasattr(judge, "handle")
-        if use_ray:
-            _run_ray_data(tasks, pairs, judge, settings, summary_done)
-        else:
-            for s, rows in tasks:
-                summary_done(judge_shard(s, rows, pairs, judge, settings))
-    return finalize(out, keys, settings.schema, ident)
+    return _run_judging(pairs, None, out, judge.model, lambda: (judge, _nothing), n_levels=n_levels,
+                        prompt_version=prompt_version, max_retries=max_retries, shard_size=shard_size,
+                        overwrite=overwrite, identity=identity, on_shard=on_shard, ray_data=ray_data)
 
 
 def _judgment_table(results: list[_Pending], keys: list[tuple[str, str]], passthrough: pa.Table,
@@ -434,6 +560,13 @@ def read_judgments(out: str) -> pa.Table:
     if not tables:
         return pa.schema(JUDGMENT_FIELDS).empty_table()
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _finalize(out: str, schema: pa.Schema, identity: dict[str, Any]) -> JudgeResult:
+    """(A Ray task.) `finalize` against the folder's pair list."""
+    stored = _read_parquet(storage.join(out, PAIRS_FILE))
+    return finalize(out, list(zip(stored.column("query_id").to_pylist(), stored.column("doc_id").to_pylist())),
+                    schema, identity)
 
 
 def finalize(out: str, keys: Sequence[tuple[str, str]], schema: pa.Schema, identity: dict[str, Any]) -> JudgeResult:
@@ -491,90 +624,83 @@ def candidate_pairs(cfg, collection) -> pa.Table:
     return _attach_texts(cands, collection)
 
 
+def _annotation_pairs(cfg, overwrite: bool) -> pa.Table:
+    """The pairs an annotation run judges, with texts: the stored pair list when resuming (a rerun
+    judges exactly these, even if candidate selection would now give others), else the candidates."""
+    from synrank.data.readers import load_collection
+
+    collection = load_collection(cfg.collection, cfg.split)
+    if collection.corpus is None:
+        raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
+    pairs_path = storage.join(cfg.out, PAIRS_FILE)
+    if not overwrite and exists(pairs_path) and exists(storage.join(cfg.out, MANIFEST_FILE)):
+        return _attach_texts(_read_parquet(pairs_path), collection)
+    return candidate_pairs(cfg, collection)
+
+
 def annotate(cfg, *, judge: Judge | None = None, pool: Any | None = None, overwrite: bool | None = None,
              address: str | None = None, on_shard: Callable[[int, int], None] | None = None) -> JudgeResult:
     """`synrank annotate`: candidates of a collection's queries, judged by an LLM (see module doc).
 
+    The collection is read, candidates searched and texts attached in a Ray task (on the cluster
+    at `address`, or an embedded Ray); the pairs reach the judging as blocks in Ray's object store.
     The judge: `judge` if given (any `Judge`, judged in this process); else an `EngineJudge` on
     `pool` (an `EnginePool`, e.g. a test's shared one), else on the named pool `cfg.engine_pool`,
-    else on engines started for this run (and stopped at its end) on the Ray cluster at `address`.
+    else on engines started for this run (and stopped at its end), when there is anything to judge.
     """
-    from synrank.data.readers import load_collection
-
     if not cfg.collection:
         raise AnnotateError("annotate needs a collection (annotate.collection or --collection)")
     if not cfg.out:
         raise AnnotateError("annotate needs an output folder (annotate.out or --out)")
     check_version(cfg.prompt_version)
-    overwrite = cfg.overwrite if overwrite is None else overwrite
-    collection = load_collection(cfg.collection, cfg.split)
-    if collection.corpus is None:
-        raise AnnotateError(f"{cfg.collection}: has no corpus; annotation judges passages of a corpus")
-    pairs_path = storage.join(cfg.out, PAIRS_FILE)
     identity = {"collection": str(cfg.collection), "split": cfg.split, "candidates": cfg.candidates,
                 "top_n": cfg.top_n, "include_judged": cfg.include_judged, "limit": cfg.limit}
-    if not overwrite and exists(pairs_path) and exists(storage.join(cfg.out, MANIFEST_FILE)):
-        # Resume: judge the stored pairs, not a fresh candidate selection.
-        pairs = _attach_texts(_read_parquet(pairs_path), collection)
-    else:
-        pairs = candidate_pairs(cfg, collection)
-    return _judge_with(cfg, pairs, judge=judge, pool=pool, address=address, overwrite=overwrite, identity=identity,
+    return _judge_with(cfg, None, judge=judge, pool=pool, address=address,
+                       overwrite=cfg.overwrite if overwrite is None else overwrite, identity=identity,
                        on_shard=on_shard)
 
 
-def _judge_with(cfg, pairs: pa.Table, *, judge: Judge | None, pool: Any | None, address: str | None,
+def _judge_with(cfg, pairs: pa.Table | None, *, judge: Judge | None, pool: Any | None, address: str | None,
                 overwrite: bool, identity: dict[str, Any], on_shard: Callable[[int, int], None] | None
                 ) -> JudgeResult:
-    """judge_pairs with `judge`, or an engine judge on `pool` / the configured engines."""
+    """Judge `pairs` (None: the annotation pairs of `cfg`) with `judge`, or with an engine judge on
+    `pool` / the configured engines (started only when a shard is left to judge)."""
     kwargs = dict(n_levels=cfg.n_levels, prompt_version=cfg.prompt_version, max_retries=cfg.max_retries,
-                  shard_size=cfg.shard_size, overwrite=overwrite, identity=identity, on_shard=on_shard)
+                  shard_size=cfg.shard_size, overwrite=overwrite, identity=identity, on_shard=on_shard,
+                  ray_data=None, address=address)
     if judge is not None:
-        return judge_pairs(pairs, cfg.out, judge, **kwargs)
+        return _run_judging(pairs, cfg, cfg.out, judge.model, lambda: (judge, _nothing), **kwargs)
     from synrank.annotate.engine import EngineJudge, start_pool
     from synrank.generate.engine import spec_from_config
 
-    owned = False
-    if pool is None:
-        if _all_judged(cfg.out, pairs, cfg, overwrite):
-            # nothing to judge: finish without starting engines (the model label is all that is needed)
-            from synrank.generate.engine import model_label
+    wanted = spec_from_config(cfg).label
+    if pool is not None:
+        if pool.spec.label != wanted:
+            raise AnnotateError(f"the engine pool runs {pool.spec.label}, the config asks for {wanted}")
+        return _run_judging(pairs, cfg, cfg.out, wanted, lambda: (EngineJudge.from_pool(pool, cfg), _nothing),
+                            **kwargs)
 
-            return judge_pairs(pairs, cfg.out, FunctionJudge(_no_calls, model=model_label(cfg.model)), **kwargs)
-        pool, owned = start_pool(cfg, address)
-    elif pool.spec.label != (wanted := spec_from_config(cfg).label):
-        raise AnnotateError(f"the engine pool runs {pool.spec.label}, the config asks for {wanted}")
-    try:
-        return judge_pairs(pairs, cfg.out, EngineJudge.from_pool(pool, cfg), **kwargs)
-    finally:
-        if owned:
-            pool.shutdown()
+    def engines() -> tuple[Judge, Callable[[], None]]:
+        started, owned = start_pool(cfg, address)
+        return EngineJudge.from_pool(started, cfg), (started.shutdown if owned else _nothing)
 
-
-def _no_calls(prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
-    raise RuntimeError("no pair should be left to judge")
-
-
-def _all_judged(out: str, pairs: pa.Table, cfg, overwrite: bool) -> bool:
-    """Whether `out` already holds every shard of this run (a rerun of a finished run)."""
-    if overwrite or not exists(storage.join(out, MANIFEST_FILE)):
-        return False
-    n_queries = len(set(pairs.column("query_id").to_pylist()))
-    expected = {shard_name(i) for i in range(math.ceil(n_queries / cfg.shard_size))}
-    return expected <= _list_shards(out)
+    return _run_judging(pairs, cfg, cfg.out, wanted, engines, **kwargs)
 
 
 def _attach_texts(pairs: pa.Table, collection) -> pa.Table:
+    """`pairs` with the query and passage texts of the collection (only the passages of the pairs
+    are formatted)."""
     from synrank.encoder import format_passage
 
-    qtext = dict(zip(collection.queries.column("query_id").to_pylist(), collection.queries.column("text").to_pylist()))
-    corpus = collection.corpus
-    doc_index = {d: i for i, d in enumerate(corpus.column("doc_id").to_pylist())}
-    titles = corpus.column("title").to_pylist()
-    texts = corpus.column("text").to_pylist()
-    qs, ps = [], []
-    for q, d in zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist()):
-        if q not in qtext or d not in doc_index:
-            raise AnnotateError(f"stored pair ({q}, {d}) is not in {collection.path} any more; overwrite to start over")
-        qs.append(qtext[q])
-        ps.append(format_passage(titles[doc_index[d]], texts[doc_index[d]]))
-    return pairs.append_column("query", pa.array(qs, pa.string())).append_column("passage", pa.array(ps, pa.string()))
+    query_rows = pc.index_in(pairs.column("query_id"), value_set=collection.queries.column("query_id"))
+    doc_rows = pc.index_in(pairs.column("doc_id"), value_set=collection.corpus.column("doc_id"))
+    unknown = pc.or_(pc.is_null(query_rows), pc.is_null(doc_rows))
+    if pc.any(unknown).as_py():
+        i = pc.index(unknown, True).as_py()
+        q, d = pairs.column("query_id")[i].as_py(), pairs.column("doc_id")[i].as_py()
+        raise AnnotateError(f"stored pair ({q}, {d}) is not in {collection.path} any more; overwrite to start over")
+    queries = collection.queries.column("text").take(query_rows)
+    titles = collection.corpus.column("title").take(doc_rows).to_pylist()
+    texts = collection.corpus.column("text").take(doc_rows).to_pylist()
+    passages = pa.array([format_passage(t, x) for t, x in zip(titles, texts)], pa.string())
+    return pairs.append_column("query", queries).append_column("passage", passages)

@@ -1,8 +1,8 @@
 """Training groups: one query with k passages and their grades, from one of four label sources.
 
->>> table, stats = build_groups(GroupsConfig(source="human", collection="../shared/data/cranfield",
-...                                          qrels_levels=5, n_levels=5))
->>> write_groups(table, "groups.parquet")
+>>> stats = build_groups_to(GroupsConfig(source="human", collection="../shared/data/cranfield",
+...                                      qrels_levels=5, n_levels=5), "groups.parquet")
+>>> table, stats = build_groups(cfg)          # small data: every group in this process
 
 Sources (``GroupsConfig.source``):
 
@@ -36,15 +36,28 @@ so every group spans the grades it has; ``uniform`` draws the rest uniformly. Th
 seeded per query from (``seed``, query id), so a group does not depend on which other queries are
 built with it. Passages in a group are ordered by grade, highest first. A query with no candidate
 is left out and counted.
+
+Where it runs: in Ray (the connected cluster, or else an embedded one from
+`synrank.runtime.init_ray`, shut down after the build); the calling process only orchestrates and
+receives counts. A planning task reads the label sources
+and query texts and hands out the queries, in order, ``queries_per_part`` to a part. A part whose
+passages are all synthetic is built by a task; otherwise by one actor that holds the collection's
+corpus and its BM25 index on a worker. `build_groups_to(cfg, out)` sends the parts, in
+query order, to a writer actor that makes them the row groups of one Parquet file at `out`
+(atomically), then writes ``<out>.stats.json``. Tasks and actors ask for the ``cpu`` stage
+resources (`synrank.runtime.stage_options`), and for memory sized to their inputs when that is
+large. Groups do not depend on how the queries are cut into parts: a query's draw is seeded by its
+id, and every query searches BM25 to the same depth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +70,7 @@ from synrank.data.levels import collapse_mapping
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "human", "llm", "mixed")
+QUERIES_PER_PART = 2000
 
 
 class GroupsError(ValueError):
@@ -219,7 +233,27 @@ def _query_texts(cfg: GroupsConfig) -> dict[str, str]:
     return dict(zip(table.column("query_id").to_pylist(), table.column("text").to_pylist()))
 
 
-def _read_synthetic(cfg: GroupsConfig) -> dict[str, list[Candidate]]:
+@dataclass(frozen=True)
+class _Synthetic:
+    """Synthetic passages as read: `table` (query_id, doc_id, text, grade on the final scale) and,
+    per query in file order, the rows to use (the first row of each (query, doc) pair)."""
+
+    table: pa.Table
+    rows: dict[str, list[int]]
+
+    def only(self, query_ids: set[str]) -> "_Synthetic":
+        return _Synthetic(self.table, {q: r for q, r in self.rows.items() if q in query_ids})
+
+    def take(self, query_ids: Sequence[str]) -> pa.Table:
+        return self.table.take(pa.array([i for q in query_ids for i in self.rows.get(q, ())], pa.int64()))
+
+
+_SYNTHETIC_ROWS = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
+                             ("grade", pa.float64())])
+_NO_SYNTHETIC = _Synthetic(_SYNTHETIC_ROWS.empty_table(), {})
+
+
+def _read_synthetic(cfg: GroupsConfig) -> _Synthetic:
     from synrank.data.readers import read_table
 
     if not cfg.synthetic:
@@ -228,19 +262,22 @@ def _read_synthetic(cfg: GroupsConfig) -> dict[str, list[Candidate]]:
     if table.num_rows == 0:
         raise GroupsError(f"{cfg.synthetic}: no synthetic passages (0 rows)")
     mapping = _mapping(cfg.from_levels, cfg.n_levels, "groups.n_levels")
-    out: dict[str, list[Candidate]] = {}
+    rows: dict[str, list[int]] = {}
+    grades: list[float | None] = [None] * table.num_rows
     seen: set[tuple[str, str]] = set()
-    cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "level", "text")]
-    for row, (qid, did, level, text) in enumerate(zip(*cols)):
-        if level is None or text is None or qid is None or did is None:
+    cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "level")]
+    no_text = pc.is_null(table.column("text")).to_pylist()
+    for row, (qid, did, level, text_missing) in enumerate(zip(*cols, no_text)):
+        if level is None or text_missing or qid is None or did is None:
             raise GroupsError(f"{cfg.synthetic}: row {row}: null query_id, doc_id, level or text")
         if (qid, did) in seen:
             continue
         seen.add((qid, did))
-        grade = _collapse_grade(int(level), mapping, cfg.from_levels, f"{cfg.synthetic}: row {row}",
-                                "set groups.from_levels to the scale the passages were generated on")
-        out.setdefault(qid, []).append(Candidate(did, text, float(grade), "synthetic"))
-    return out
+        grades[row] = float(_collapse_grade(int(level), mapping, cfg.from_levels, f"{cfg.synthetic}: row {row}",
+                                            "set groups.from_levels to the scale the passages were generated on"))
+        rows.setdefault(qid, []).append(row)
+    kept = table.select(["query_id", "doc_id", "text"]).append_column("grade", pa.array(grades, pa.float64()))
+    return _Synthetic(kept, rows)
 
 
 def _qrels_scale(cfg: GroupsConfig) -> int:
@@ -300,6 +337,24 @@ def _merge(human: Labels, llm: Labels, precedence: str) -> Labels:
     return out
 
 
+_LABEL_ROWS = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("grade", pa.int32()),
+                         ("source", pa.string())])
+
+
+def _labels_table(labels: Labels, query_ids: Sequence[str]) -> pa.Table:
+    rows = [(q, d, g, s) for q in query_ids for d, (g, s) in labels.get(q, {}).items()]
+    return pa.Table.from_arrays([pa.array([r[i] for r in rows], f.type) for i, f in enumerate(_LABEL_ROWS)],
+                                schema=_LABEL_ROWS)
+
+
+def _labels_of(table: pa.Table) -> Labels:
+    out: Labels = {}
+    cols = [table.column(c).to_pylist() for c in _LABEL_ROWS.names]
+    for qid, did, grade, source in zip(*cols):
+        out.setdefault(qid, {})[did] = (grade, source)
+    return out
+
+
 class _Corpus:
     def __init__(self, collection: str) -> None:
         from synrank.data.readers import read_corpus
@@ -330,9 +385,22 @@ class _Corpus:
         return self._bm25
 
 
-def _real_candidates(labels: dict[str, dict[str, tuple[int, str]]], qids: list[str], texts: dict[str, str],
-                     corpus: _Corpus, n_negatives: int, negative_grade: float, stats: "GroupStats",
-                     relabel: tuple[float, float] | None = None) -> dict[str, list[Candidate]]:
+def _real_grading(cfg: GroupsConfig) -> tuple[tuple[float, float] | None, float]:
+    """(relabel, grade of BM25 negatives). Mixed groups with relabelling: relabel = (grade of a real
+    passage judged relevant, of one judged non-relevant), negatives at the negative level; otherwise
+    real passages keep their grades (relabel None) and negatives get 0."""
+    if cfg.source == "mixed" and cfg.relabel:
+        top = cfg.n_levels - 1
+        positive = float(top if cfg.real_positive_level is None else cfg.real_positive_level)
+        return (positive, float(cfg.negative_level)), float(cfg.negative_level)
+    return None, 0.0
+
+
+def _real_candidates(labels: Labels, qids: list[str], texts: dict[str, str], corpus: _Corpus, n_negatives: int,
+                     bm25_depth: int, cfg: GroupsConfig, stats: "GroupStats") -> dict[str, list[Candidate]]:
+    """Per query, its labelled corpus passages (in label order) and then its BM25 negatives: the
+    first `n_negatives` of the top-`bm25_depth` hits that are not labelled for the query."""
+    relabel, negative_grade = _real_grading(cfg)
     out: dict[str, list[Candidate]] = {}
     for qid in qids:
         cands = []
@@ -347,13 +415,12 @@ def _real_candidates(labels: dict[str, dict[str, tuple[int, str]]], qids: list[s
             cands.append(Candidate(did, text, g, source))
         out[qid] = cands
     if n_negatives > 0 and qids:
-        judged = {q: set(labels.get(q, {})) for q in qids}
-        depth = n_negatives + max(len(j) for j in judged.values())
-        hits = corpus.bm25().search([texts[q] for q in qids], k=depth)
+        hits = corpus.bm25().search([texts[q] for q in qids], k=bm25_depth)
         for qid, row in zip(qids, hits):
-            negs = [d for d, _ in row if d not in judged[qid]][:n_negatives]
+            judged = labels.get(qid, {})
+            negs = [d for d, _ in row if d not in judged][:n_negatives]
             stats.bm25_negatives += len(negs)
-            out[qid].extend(Candidate(d, corpus.text(d) or "", float(negative_grade), "bm25") for d in negs)
+            out[qid].extend(Candidate(d, corpus.text(d) or "", negative_grade, "bm25") for d in negs)
     return out
 
 
@@ -382,6 +449,14 @@ class GroupStats:
         d["grades"] = {f"{k:g}": v for k, v in sorted(self.grades.items())}
         return d
 
+    def add(self, part: "GroupStats") -> None:
+        """Count the groups of `part` (built from other queries) in these counts."""
+        for name in ("n_groups", "n_passages", "dropped_queries", "missing_docs", "bm25_negatives"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        for totals, counts in ((self.sizes, part.sizes), (self.grades, part.grades), (self.sources, part.sources)):
+            for key, n in counts.items():
+                totals[key] = totals.get(key, 0) + n
+
 
 def _check_source(cfg: GroupsConfig) -> None:
     if cfg.source not in SOURCES:
@@ -397,77 +472,119 @@ def _check_source(cfg: GroupsConfig) -> None:
                               f"levels of the {cfg.n_levels}-level scale (0..{top})")
 
 
-def build_groups(cfg: GroupsConfig) -> tuple[pa.Table, GroupStats]:
-    """Build the training groups of ``cfg`` as a TRAINING_GROUPS table, with counts."""
-    _check_source(cfg)
-    stats = GroupStats(source=cfg.source)
-    cands: dict[str, list[Candidate]] = {}
-    order: list[str] = []
+@dataclass(frozen=True)
+class _Plan:
+    """What planning tells the driver: the split counts, and how many BM25 hits each query needs so
+    that `bm25_negatives` remain once the passages labelled for it are removed (one depth for every
+    query, so that a group does not depend on which part it is built in)."""
 
+    qrels_split: str | None = None
+    train_queries: int | None = None
+    held_out_queries: int | None = None
+    bm25_depth: int = 0
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The queries of one part of the groups, in order, with their labelled passages."""
+
+    queries: pa.Table  # query_id, query
+    synthetic: pa.Table  # _SYNTHETIC_ROWS of these queries, query by query
+    labels: pa.Table  # _LABEL_ROWS of these queries (real passages), query by query
+
+
+def _real_labels(cfg: GroupsConfig) -> tuple[Labels, _Synthetic, _Plan]:
+    """The labels of a human, llm or mixed source (human and LLM merged under `precedence`), the
+    synthetic passages of a mixed one, both of the training queries only, and the split counts."""
+    from synrank.data.readers import read_qrels
+
+    plan = _Plan()
+    human: Labels = {}
+    train_ids: set[str] | None = None
+    if cfg.source in ("human", "mixed"):
+        split = human_split(cfg.collection, cfg.qrels_split, cfg.query_split)
+        plan = _Plan(qrels_split=split.qrels_split)
+        qrels = read_qrels(cfg.collection, split=split.qrels_split, source="human")
+        if split.by_queries:
+            train_ids = set(split.train_ids)
+            plan = replace(plan, train_queries=len(split.train_ids), held_out_queries=len(split.test_ids))
+        human = _grades(qrels, cfg, f"{cfg.collection} qrels/{split.qrels_split}", train_ids)
+        if not human and cfg.source == "human":
+            raise GroupsError(f"{cfg.collection}: no qrels for training in split {split.qrels_split!r}")
+    elif cfg.query_split is not None:
+        # llm: hold out the same test queries the human split would.
+        split = human_split(cfg.collection, cfg.qrels_split, cfg.query_split)
+        train_ids = set(split.train_ids or [])
+        plan = _Plan(train_queries=len(split.train_ids or []), held_out_queries=len(split.test_ids or []))
+    llm: Labels = {}
+    if cfg.source == "llm" or (cfg.source == "mixed" and cfg.llm_qrels):
+        llm = _grades(_llm_qrels(cfg), cfg, str(cfg.llm_qrels), train_ids)
+        if not llm and cfg.source == "llm":
+            raise GroupsError(f"{cfg.llm_qrels}: no source=llm qrels for the training queries")
+    synthetic = _NO_SYNTHETIC
+    if cfg.source == "mixed":
+        synthetic = _read_synthetic(cfg)
+        if train_ids is not None:
+            synthetic = synthetic.only(train_ids)
+    return _merge(human, llm, cfg.precedence), synthetic, plan
+
+
+def _plan(cfg: GroupsConfig, queries_per_part: int) -> Iterator[_Plan | _Chunk]:
+    """Read the label sources and query texts; yield the _Plan, then the queries in order,
+    `queries_per_part` to a _Chunk. A Ray generator task: labels and texts stay on its worker."""
     if cfg.source == "synthetic":
-        cands = _read_synthetic(cfg)
-        order = list(cands)
+        synthetic = _read_synthetic(cfg)
         texts = _query_texts(cfg)
+        labels: Labels = {}
+        plan = _Plan()
+        order = list(synthetic.rows)
+        missing = [q for q in order if q not in texts]
+        if missing:
+            raise GroupsError(f"{len(missing)} query id(s) have passages but no query text in "
+                              f"{cfg.queries or cfg.collection}, e.g. {missing[:3]}")
     else:
         texts = _query_texts(cfg)
-        corpus = _Corpus(cfg.collection)
-        human: Labels = {}
-        train_ids: set[str] | None = None
-        if cfg.source in ("human", "mixed"):
-            from synrank.data.readers import read_qrels
-
-            split = human_split(cfg.collection, cfg.qrels_split, cfg.query_split)
-            stats.qrels_split = split.qrels_split
-            qrels = read_qrels(cfg.collection, split=split.qrels_split, source="human")
-            if split.by_queries:
-                train_ids = set(split.train_ids)
-                stats.train_queries, stats.held_out_queries = len(split.train_ids), len(split.test_ids)
-            human = _grades(qrels, cfg, f"{cfg.collection} qrels/{split.qrels_split}", train_ids)
-            if not human and cfg.source == "human":
-                raise GroupsError(f"{cfg.collection}: no qrels for training in split {split.qrels_split!r}")
-        elif cfg.query_split is not None:
-            # llm: hold out the same test queries the human split would.
-            split = human_split(cfg.collection, cfg.qrels_split, cfg.query_split)
-            train_ids = set(split.train_ids or [])
-            stats.train_queries, stats.held_out_queries = len(split.train_ids or []), len(split.test_ids or [])
-        llm: Labels = {}
-        if cfg.source == "llm" or (cfg.source == "mixed" and cfg.llm_qrels):
-            llm = _grades(_llm_qrels(cfg), cfg, str(cfg.llm_qrels), train_ids)
-            if not llm and cfg.source == "llm":
-                raise GroupsError(f"{cfg.llm_qrels}: no source=llm qrels for the training queries")
-        labels = _merge(human, llm, cfg.precedence)
-        synthetic: dict[str, list[Candidate]] = {}
-        if cfg.source == "mixed":
-            synthetic = _read_synthetic(cfg)
-            if train_ids is not None:
-                synthetic = {q: c for q, c in synthetic.items() if q in train_ids}
-        order = list(dict.fromkeys([*synthetic, *labels]))
+        labels, synthetic, plan = _real_labels(cfg)
+        order = list(dict.fromkeys([*synthetic.rows, *labels]))
         unknown = [q for q in order if q not in texts]
         if unknown:
             raise GroupsError(f"{len(unknown)} query id(s) of the labels are not in the queries "
                               f"({cfg.queries or cfg.collection}), e.g. {unknown[:3]}")
-        if cfg.limit:
-            order = order[: cfg.limit]
-        relabel = None
-        negative_grade = 0.0
-        if cfg.source == "mixed" and cfg.relabel:
-            top = cfg.n_levels - 1
-            relabel = (float(top if cfg.real_positive_level is None else cfg.real_positive_level),
-                       float(cfg.negative_level))
-            negative_grade = float(cfg.negative_level)
-        real = _real_candidates(labels, order, texts, corpus, cfg.bm25_negatives, negative_grade, stats, relabel)
-        for qid in order:
-            cands[qid] = synthetic.get(qid, []) + real.get(qid, [])
-
-    missing = [q for q in order if q not in texts]
-    if missing:
-        raise GroupsError(f"{len(missing)} query id(s) have passages but no query text in "
-                          f"{cfg.queries or cfg.collection}, e.g. {missing[:3]}")
     if cfg.limit:
         order = order[: cfg.limit]
+    if cfg.source != "synthetic" and cfg.bm25_negatives > 0 and order:
+        plan = replace(plan, bm25_depth=cfg.bm25_negatives + max(len(labels.get(q, {})) for q in order))
+    yield plan
+    for start in range(0, len(order), queries_per_part):
+        qids = order[start : start + queries_per_part]
+        queries = pa.table({"query_id": pa.array(qids, pa.string()),
+                            "query": pa.array([texts[q] for q in qids], pa.string())})
+        yield _Chunk(queries, synthetic.take(qids), _labels_table(labels, qids))
 
+
+def _synthetic_candidates(table: pa.Table) -> dict[str, list[Candidate]]:
+    out: dict[str, list[Candidate]] = {}
+    cols = [table.column(c).to_pylist() for c in _SYNTHETIC_ROWS.names]
+    for qid, did, text, grade in zip(*cols):
+        out.setdefault(qid, []).append(Candidate(did, text, grade, "synthetic"))
+    return out
+
+
+def _build_part(chunk: _Chunk, corpus: _Corpus | None, cfg: GroupsConfig, bm25_depth: int
+                ) -> tuple[pa.Table, GroupStats]:
+    """The groups of the chunk's queries, in order, and their counts. Passages: the synthetic ones,
+    then (with a corpus) the labelled corpus passages and the BM25 negatives."""
+    stats = GroupStats(source=cfg.source)
+    qids = chunk.queries.column("query_id").to_pylist()
+    texts = dict(zip(qids, chunk.queries.column("query").to_pylist()))
+    cands = _synthetic_candidates(chunk.synthetic)
+    if corpus is not None:
+        real = _real_candidates(_labels_of(chunk.labels), qids, texts, corpus, cfg.bm25_negatives, bm25_depth, cfg,
+                                stats)
+        for qid, passages in real.items():
+            cands.setdefault(qid, []).extend(passages)
     rows: dict[str, list] = {name: [] for name in schemas.TRAINING_GROUPS.names}
-    for qid in order:
+    for qid in qids:
         group = sample_group(cands.get(qid, []), cfg.group_size, _rng(cfg.seed, qid), cfg.sampling)
         if not group:
             stats.dropped_queries += 1
@@ -484,10 +601,207 @@ def build_groups(cfg: GroupsConfig) -> tuple[pa.Table, GroupStats]:
             stats.sources[c.source] = stats.sources.get(c.source, 0) + 1
     stats.n_groups = len(rows["query_id"])
     stats.n_passages = sum(stats.sizes.get(s, 0) * s for s in stats.sizes)
+    return pa.Table.from_pydict(rows, schema=schemas.TRAINING_GROUPS), stats
+
+
+def _synthetic_part(chunk: _Chunk, cfg: GroupsConfig, bm25_depth: int) -> tuple[pa.Table, GroupStats]:
+    """A Ray task: a part whose passages are all synthetic (no corpus)."""
+    return _build_part(chunk, None, cfg, bm25_depth)
+
+
+class _CorpusParts:
+    """A Ray actor that holds the collection's corpus (and its BM25 index, once negatives are asked
+    for) on a worker and builds the parts whose passages come from it."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.corpus: _Corpus | None = None
+
+    def build(self, chunk: _Chunk, cfg: GroupsConfig, bm25_depth: int) -> tuple[pa.Table, GroupStats]:
+        if self.corpus is None:  # read here, not in __init__, so that a bad corpus raises its own error
+            self.corpus = _Corpus(self.collection)
+        return _build_part(chunk, self.corpus, cfg, bm25_depth)
+
+
+class _GroupsWriter:
+    """A Ray actor writing the parts, in the order given, as the row groups of one Parquet file,
+    which appears at `out` only once `close` is called (`synrank.storage.atomic_path`)."""
+
+    def __init__(self, out: str) -> None:
+        import pyarrow.parquet as pq
+
+        from synrank.storage import atomic_path
+
+        self._file = contextlib.ExitStack()  # holds atomic_path open across calls
+        self._writer = pq.ParquetWriter(self._file.enter_context(atomic_path(out)), schemas.TRAINING_GROUPS)
+
+    def write(self, part: pa.Table) -> None:
+        self._writer.write_table(part)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._file.close()
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._file.__exit__(GroupsError, GroupsError("groups building failed"), None)  # the file is dropped
+
+
+# Ray `memory=` requests: peak bytes held per byte of input, measured on Cranfield x10 and x20
+# (~24 for labels read from TSV into Python dicts; ~9 for a JSONL corpus with its BM25 index), with
+# some margin. Below the floor no request is made: any worker has that much to spare.
+_PLAN_BYTES_PER_INPUT_BYTE = 30
+_CORPUS_BYTES_PER_INPUT_BYTE = 12
+_MEMORY_REQUEST_FLOOR = 256 * 2**20
+
+
+def _nbytes(url: str | None) -> int:
+    from synrank.storage import filesystem
+
+    if not url:
+        return 0
+    fs, path = filesystem(url)
+    try:
+        return int(fs.du(path, total=True))
+    except FileNotFoundError:
+        return 0
+
+
+def _corpus_file(cfg: GroupsConfig) -> str | None:
+    from synrank.data.readers import collection_file
+
+    return collection_file(cfg.collection, "corpus") if cfg.collection else None
+
+
+def _memory(nbytes: int) -> dict[str, int]:
+    return {"memory": int(nbytes)} if nbytes >= _MEMORY_REQUEST_FLOOR else {}
+
+
+def _plan_options(cfg: GroupsConfig) -> dict[str, Any]:
+    labels = (_nbytes(cfg.collection) - _nbytes(_corpus_file(cfg)) + _nbytes(cfg.queries) + _nbytes(cfg.synthetic)
+              + _nbytes(cfg.llm_qrels))
+    return _memory(_PLAN_BYTES_PER_INPUT_BYTE * labels)
+
+
+def _get(ref: Any) -> Any:
+    """ray.get, raising a task's own input error as it was raised (its message names the file and row)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
+            raise exc.cause from None
+        raise
+
+
+def _run(cfg: GroupsConfig, queries_per_part: int, deliver: Callable[[Any], Any]) -> tuple[list, GroupStats]:
+    """Plan in a Ray task, build the parts in tasks or the corpus actor. Each part's table (an
+    ObjectRef) goes to `deliver`, in query order; what `deliver` returns comes back resolved, with
+    the summed counts."""
+    import ray
+
+    from synrank.runtime import task_options, watch_progress
+
+    if queries_per_part < 1:
+        raise ValueError(f"queries_per_part must be >= 1, got {queries_per_part}")
+    cpu = task_options("cpu")
+    chunks = ray.remote(_plan).options(num_returns="streaming", **cpu, **_plan_options(cfg)).remote(
+        cfg, queries_per_part)
+    plan: _Plan = _get(next(chunks))
+    # Started once planning runs, so that on a one-CPU machine the actor waits for the planner
+    # instead of holding the only CPU it needs.
+    corpus = None
+    if cfg.source == "synthetic":
+        build = ray.remote(_synthetic_part).options(num_returns=2, **cpu).remote
+    else:
+        memory = _memory(_CORPUS_BYTES_PER_INPUT_BYTE * _nbytes(_corpus_file(cfg)))
+        corpus = ray.remote(_CorpusParts).options(num_cpus=1, **cpu, **memory).remote(cfg.collection)
+        build = corpus.build.options(num_returns=2).remote
+    counts, delivered = [], []
+    for chunk in chunks:
+        table, part_stats = build(chunk, cfg, plan.bm25_depth)
+        counts.append(part_stats)
+        delivered.append(deliver(table))
+    stats = GroupStats(source=cfg.source, qrels_split=plan.qrels_split, train_queries=plan.train_queries,
+                       held_out_queries=plan.held_out_queries)
+    try:
+        with watch_progress(f"groups: {len(counts)} part(s)") as watch:
+            for part_stats in counts:
+                stats.add(_get(part_stats))
+                watch.tick()
+            results = [_get(ref) for ref in delivered]
+    finally:
+        if corpus is not None:
+            ray.kill(corpus)
     if stats.n_groups == 0:
         raise GroupsError(f"source={cfg.source}: no training groups (every query had no passage)")
-    table = pa.Table.from_pydict(rows, schema=schemas.TRAINING_GROUPS)
-    return table, stats
+    return results, stats
+
+
+def _writer_placement(out: str) -> dict[str, Any]:
+    """Ray options placing the writer: on this node for a local file (the file is this machine's;
+    the writer takes no CPU, so any node can hold it), else where the `cpu` stage work goes."""
+    import ray
+
+    from synrank.runtime import task_options
+    from synrank.storage import is_local
+
+    if is_local(out):
+        return {"scheduling_strategy": "DEFAULT",
+                "label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+    return task_options("cpu")
+
+
+@contextlib.contextmanager
+def _ray() -> Iterator[None]:
+    """The connected Ray, else an embedded one for the duration of the build (so that a caller that
+    connects to its cluster afterwards, such as `synrank train --address`, still can)."""
+    import ray
+
+    from synrank.runtime import init_ray, shutdown
+
+    if ray.is_initialized():
+        yield
+        return
+    init_ray()
+    try:
+        yield
+    finally:
+        shutdown()
+
+
+def build_groups(cfg: GroupsConfig, *, queries_per_part: int = QUERIES_PER_PART) -> tuple[pa.Table, GroupStats]:
+    """Build the training groups of ``cfg`` as a TRAINING_GROUPS table, with counts. Every group
+    comes back to this process: for small data and tests; `build_groups_to` keeps them on the workers."""
+    _check_source(cfg)
+    with _ray():
+        tables, stats = _run(cfg, queries_per_part, deliver=lambda table: table)
+    return pa.concat_tables(tables), stats
+
+
+def build_groups_to(cfg: GroupsConfig, out: str, *, queries_per_part: int = QUERIES_PER_PART) -> GroupStats:
+    """Build the training groups of ``cfg`` into the Parquet file `out` (one row group per part,
+    queries in order) and ``<out>.stats.json``; returns the counts. Each is replaced atomically, the
+    stats last; a build that fails leaves both as they were."""
+    import ray
+
+    from synrank.storage import write_json
+
+    _check_source(cfg)
+    with _ray():
+        writer = ray.remote(_GroupsWriter).options(num_cpus=0, **_writer_placement(out)).remote(out)
+        try:
+            _, stats = _run(cfg, queries_per_part, deliver=writer.write.remote)
+            _get(writer.close.remote())
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the build is the one to raise
+                ray.get(writer.abort.remote())
+            raise
+        finally:
+            ray.kill(writer)
+    write_json(stats.as_dict(), f"{out}.stats.json")
+    return stats
 
 
 # --------------------------------------------------------------------------------------------------

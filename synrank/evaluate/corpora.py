@@ -67,7 +67,7 @@ def read_task_options(path: str) -> dict[str, Any]:
     """Ray options of a task that reads `path`: no CPU slot, and this node for a local file."""
     import ray
 
-    options: dict[str, Any] = {"num_cpus": 0}
+    options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "DEFAULT"}  # not a trial's placement group
     if storage.is_local(path):
         options["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     return options

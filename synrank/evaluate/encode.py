@@ -366,7 +366,7 @@ def encode_sources(
     import ray
 
     from synrank.data.readers import split_corpus
-    from synrank.runtime import cluster_resources, stage_options, watch_progress
+    from synrank.runtime import cluster_resources, ensure_node, stage_options, watch_progress
 
     resources = resources or cluster_resources()
     plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus(), use_gpus=use_gpus)
@@ -392,6 +392,8 @@ def encode_sources(
     remote: dict[str, Any] = {"num_cpus": plan.num_cpus, **stage_options("encode")}
     if plan.num_gpus:
         remote["num_gpus"] = plan.num_gpus
+    ensure_node({"CPU": plan.num_cpus, "GPU": plan.num_gpus, **remote.get("resources", {})},
+                f"evaluation encoding ({plan.describe()})")
     encoded = ds.map_batches(
         _EncodeBatch,
         fn_constructor_kwargs={

@@ -141,14 +141,14 @@ def _alive_nodes() -> list[dict[str, float]]:
 def task_options(memory: int, gpu: bool, what: str) -> dict[str, Any]:
     """Ray options of a search task: CPUs (up to 8, as many as the largest node has), `memory`
     bytes, one GPU if `gpu`, and the stage resources of its kind (module doc)."""
-    from synrank.runtime import stage_options
+    from synrank import runtime
 
     nodes = _alive_nodes()
     cpus = max(1, min(MAX_SEARCH_CPUS, int(max((n.get("CPU", 0.0) for n in nodes), default=1))))
-    stage = stage_options("encode" if gpu else "cpu")
+    stage = runtime.task_options("encode" if gpu else "cpu")
     largest = int(max((n.get("memory", 0.0) for n in nodes), default=0))
     if memory > largest:
-        if stage:
+        if stage.get("resources"):
             log.warning("%s needs %.1f GiB; no node up has that much (largest: %.1f GiB): it waits for the "
                         "autoscaler to add one", what, memory / 2**30, largest / 2**30)
         elif largest:
@@ -169,6 +169,13 @@ def _wants_gpu(options: IndexOptions, cluster_gpus: float, top_k: int) -> bool:
     return cluster_gpus >= 1 and options.kind != "hnsw" and top_k <= GPU_MAX_K
 
 
+def _ensure_node_for(opts: dict[str, Any], what: str) -> None:
+    from synrank.runtime import ensure_node
+
+    ensure_node({"CPU": opts["num_cpus"], "GPU": opts.get("num_gpus", 0), "memory": opts["memory"],
+                 **opts.get("resources", {})}, what)
+
+
 def dense_search(corpus: str, passage_paths: list[str], num_docs: int, dim: int, query_sets: dict[str, QuerySet],
                  top_k: int, options: IndexOptions, cluster_gpus: float):
     """Start the search task of one corpus; returns its ObjectRef (a CorpusRuns)."""
@@ -180,7 +187,9 @@ def dense_search(corpus: str, passage_paths: list[str], num_docs: int, dim: int,
     # A task that holds no GPU must not use one its node has (reserved by other work).
     task_index = dataclasses.replace(options, use_gpu=options.use_gpu if gpu else False)
     memory = index_memory_bytes(num_docs, dim, options, sum(len(q.query_ids) for q in query_sets.values()), top_k)
-    opts = task_options(memory, gpu, f"the {options.kind} index of {corpus}")
+    what = f"the {options.kind} index of {corpus}"
+    opts = task_options(memory, gpu, what)
+    _ensure_node_for(opts, what)
     log.info("searching %s (%d docs, dim %d) in a task with %s", corpus, num_docs, dim, opts)
     return ray.remote(_dense_task).options(**opts, name=f"synrank-search:{corpus}").remote(
         passage_paths, num_docs, dim, query_sets, top_k, task_index)
@@ -191,7 +200,9 @@ def bm25_search(corpus_path: str, num_docs: int, text_bytes: int, query_sets: di
     import ray
 
     memory = bm25_memory_bytes(text_bytes, num_docs, sum(len(q.query_ids) for q in query_sets.values()), top_k)
-    opts = task_options(memory, False, f"the BM25 index of {corpus_path}")
+    what = f"the BM25 index of {corpus_path}"
+    opts = task_options(memory, False, what)
+    _ensure_node_for(opts, what)
     return ray.remote(_bm25_task).options(**opts, name=f"synrank-bm25:{corpus_path}").remote(
         corpus_path, query_sets, top_k)
 

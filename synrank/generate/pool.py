@@ -344,25 +344,6 @@ def cpus_per_engine_for(node_cpus: float) -> float:
     return round(node_cpus - min(1.0, node_cpus / 2), 4)
 
 
-def _first_engine_node(custom: dict[str, float], gpus: int, what: str, wait_s: float | None) -> None:
-    """On a cluster that scales from zero, ask the autoscaler for one node of the generation type
-    and wait for it, so the pool can be sized from a real node (its CPUs, its GPUs)."""
-    from ray.autoscaler.sdk import request_resources
-
-    from synrank.runtime import nodes_that_fit, wait_for_node
-
-    bundle = {**custom, **({"GPU": float(gpus)} if gpus else {})}
-    if nodes_that_fit(bundle):
-        return
-    log.info("%s: no node with {%s} is up; asking the autoscaler for one", what,
-             ", ".join(f"{k}: {v:g}" for k, v in sorted(bundle.items())))
-    request_resources(bundles=[bundle])
-    try:
-        wait_for_node(bundle, what, wait_s)
-    finally:
-        request_resources(bundles=[])
-
-
 class EnginePool:
     """Engine actors on the connected Ray cluster (see the module docstring)."""
 
@@ -403,7 +384,7 @@ class EnginePool:
         """
         import ray
 
-        from synrank.runtime import cluster_resources, stage_options
+        from synrank.runtime import cluster_resources, ensure_node, stage_options
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call synrank.runtime.init_ray() first")
@@ -412,9 +393,9 @@ class EnginePool:
         if min_engines is not None and num_engines is not None and min_engines > num_engines:
             raise ValueError(f"min_engines={min_engines} exceeds num_engines={num_engines}")
         custom = stage_options("generate").get("resources", {})
-        if custom and wait:
+        if custom and wait:  # size the pool from a real engine node: ask the autoscaler for the first
             gpus = spec.tensor_parallel_size if spec.device == "cuda" else 0
-            _first_engine_node(custom, gpus, f"engine pool ({spec.label})", resource_wait_s)
+            ensure_node({**custom, "GPU": gpus}, f"engine pool ({spec.label})", resource_wait_s)
         nodes = engine_nodes(custom)
         resources = cluster_resources()
         device = spec.device if spec.device != "auto" else (

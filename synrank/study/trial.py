@@ -77,15 +77,14 @@ def _lock(store: StudyStore, path: str):
 
 def ensure_groups(cfg: GroupsConfig, store: StudyStore) -> str:
     """The groups file for `cfg` in the study directory, built if missing; returns its path."""
-    from synrank.data.groups import build_groups, write_groups
+    from synrank.data.groups import build_groups_to
 
     path = store.groups_path(groups_key(cfg))
     with _lock(store, path):
         if not store.exists(path):
             t0 = time.perf_counter()
-            table, stats = build_groups(cfg)
-            write_groups(table, path, stats)
-            log.info("built %d groups (%s) in %.1f s -> %s", table.num_rows, groups_key(cfg),
+            stats = build_groups_to(cfg, path)
+            log.info("built %d groups (%s) in %.1f s -> %s", stats.n_groups, groups_key(cfg),
                      time.perf_counter() - t0, path)
     return path
 

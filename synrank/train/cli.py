@@ -49,17 +49,19 @@ def _load(args: argparse.Namespace) -> RunConfig:
 
 
 def _build_groups(run: RunConfig, out: str) -> str:
-    from synrank.data.groups import build_groups, write_groups
+    from synrank.data.groups import build_groups_to
 
-    table, stats = build_groups(run.groups)
-    write_groups(table, out, stats)
+    stats = build_groups_to(run.groups, out)
     print(json.dumps({"groups": out, **stats.as_dict()}, indent=2))
     return out
 
 
 def _groups(args: argparse.Namespace) -> int:
+    from synrank.runtime import init_ray_for
+
     run = _load(args)
     out = run.groups.out or storage.join(run.run_dir, "groups.parquet")
+    init_ray_for(run.runtime, getattr(args, "address", None))
     _build_groups(run, out)
     return 0
 
@@ -72,17 +74,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_yaml(cfg.model_copy(update={"out": out, "groups": groups})), end="")
         return 0
-    if groups is None:
-        has_source = run.groups.synthetic or run.groups.collection
-        if not has_source:
-            raise ValueError("no training groups: set train.groups (a groups Parquet), or describe them in the "
-                             "groups section (groups.source with groups.synthetic / groups.collection)")
-        groups = _build_groups(run, run.groups.out or storage.join(out, "groups.parquet"))
+    if groups is None and not (run.groups.synthetic or run.groups.collection):
+        raise ValueError("no training groups: set train.groups (a groups Parquet), or describe them in the "
+                         "groups section (groups.source with groups.synthetic / groups.collection)")
 
     from synrank.runtime import init_ray_for
     from synrank.train.trainer import fit
 
-    init_ray_for(run.runtime, args.address)
+    init_ray_for(run.runtime, args.address)  # groups are built on the same cluster the training uses
+    if groups is None:
+        groups = _build_groups(run, run.groups.out or storage.join(out, "groups.parquet"))
     result = fit(cfg, groups, out)
     last = result.metrics_history[-1] if result.metrics_history else {}
     print(json.dumps({"model": result.model_dir, "out": out, "steps": last.get("step"),

@@ -198,11 +198,12 @@ def fit(config: TrainConfig, groups_path: str, out_dir: str, run_config_override
     connected (``synrank.runtime.init_ray``)."""
     import ray
 
-    from synrank.runtime import init_ray
+    from synrank.runtime import ensure_node, init_ray
 
     config = resolve(config, groups_path, out_dir)
     if not ray.is_initialized():
         init_ray()
+    ensure_node(worker_resources(config), f"training ({config.num_workers} worker(s))")
     trainer = build_trainer(config, groups_path, out_dir, run_config_overrides)
     log.info("training %s on %s with %d worker(s), %d steps, out %s", config.loss, groups_path,
              config.num_workers, config.max_steps, out_dir)

@@ -1,0 +1,73 @@
+"""Annotation with candidate search and the pairs in Ray: the driver reads nothing of the
+collection, and every output is the one the single-process pipeline wrote. The digests were
+recorded from synrank/annotate/pipeline.py before the pairs moved into Ray, on these inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_annotate_pipeline import fake_judge
+
+from synrank.annotate.pipeline import FunctionJudge, annotate
+from synrank.config import AnnotateConfig
+from synrank.data import readers
+
+RUNS = {
+    "bm25-judged": dict(top_n=3, include_judged=True, limit=8, shard_size=2),
+    "dense": dict(candidates="default", top_n=2, include_judged=True, limit=3, shard_size=1),
+}
+# run: (digests of qrels, _failures and _pairs, of the summary, of the manifest, shard files)
+RECORDED = {
+    "bm25-judged": ({"qrels.parquet": "7e4b7d57ca15b7c4a8a0", "_failures.parquet": "b517ad962022b819b363",
+                     "_pairs.parquet": "f92113e2265e83339ca3"}, "902850bf4f429bd82813", "ca16f5f1a850ea3db984", 4),
+    "dense": ({"qrels.parquet": "c90454e32cce7cfac2ce", "_failures.parquet": "6c7e71b46c0610401c93",
+               "_pairs.parquet": "2213dce3d3bfcd3f6feb"}, "46c3575dd58f5b39015b", "b5214689f6a06ff4e62b", 3),
+}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _small_cranfield(cranfield: Path, dst: Path) -> Path:
+    """The first 40 documents and 5 queries of Cranfield, with their qrels (dense search is slow)."""
+    (dst / "qrels").mkdir(parents=True)
+    (dst / "corpus.jsonl").write_text("".join((cranfield / "corpus.jsonl").read_text().splitlines(keepends=True)[:40]))
+    (dst / "queries.jsonl").write_text("".join((cranfield / "queries.jsonl").read_text().splitlines(keepends=True)[:5]))
+    lines = (cranfield / "qrels" / "test.tsv").read_text().splitlines(keepends=True)
+    (dst / "qrels" / "test.tsv").write_text(lines[0] + "".join(
+        line for line in lines[1:] if int(line.split("\t")[0]) <= 5 and int(line.split("\t")[1]) <= 40))
+    return dst
+
+
+@pytest.fixture
+def driver_reads_nothing(monkeypatch):
+    """Every reader of input data fails in this process (Ray's workers are other processes)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"input read in the driver: {args}")
+
+    for name in ("read_corpus", "iter_corpus", "read_queries", "read_qrels", "load_collection"):
+        monkeypatch.setattr(readers, name, refuse)
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_outputs_match_the_single_process_pipeline(shared_data, tmp_path, run, driver_reads_nothing):
+    collection = shared_data / "cranfield"
+    if run == "dense":
+        collection = _small_cranfield(collection, tmp_path / "small")
+    out = tmp_path / "run"
+    cfg = AnnotateConfig(collection=str(collection), out=str(out), max_retries=2, batch_size=4, **RUNS[run])
+    annotate(cfg, judge=FunctionJudge(fake_judge, model="fake-judge"))
+    tables, summary_of, manifest_of, n_shards = RECORDED[run]
+    assert {name: _digest(pq.read_table(out / name).to_pylist()) for name in tables} == tables
+    summary = json.loads((out / "_summary.json").read_text())
+    manifest = json.loads((out / "_manifest.json").read_text())
+    for paths in (summary, manifest):  # where the run lay, and when
+        for key in ("collection", "qrels", "failures", "created"):
+            paths.pop(key, None)
+    assert (_digest(summary), _digest(manifest)) == (summary_of, manifest_of)
+    assert sorted(p.name for p in (out / "_shards").iterdir()) == [f"part-{i:05d}.parquet" for i in range(n_shards)]
