@@ -228,6 +228,19 @@ def wait_for_node(request: Mapping[str, float], what: str, timeout_s: float | No
         log.info("%s: a node with {%s} joined after %.0f s", what, _fmt(request), time.monotonic() - started)
 
 
+def get_result(ref: Any) -> Any:
+    """`ray.get`, raising a task's own input error (ValueError, FileNotFoundError) as it was raised,
+    so that its message, which names the file and row, reaches the user unwrapped."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
+            raise exc.cause from None
+        raise
+
+
 def ensure_node(request: Mapping[str, float], what: str, timeout_s: float | None = None) -> None:
     """Before a stage starts work that needs `request` on one node: if no node up holds it, ask the
     autoscaler for one (`ray.autoscaler.sdk.request_resources`; a no-op on a fixed cluster) and wait

@@ -131,6 +131,17 @@ def exists(url: str | os.PathLike) -> bool:
     return fs.exists(p)
 
 
+def size(url: str | os.PathLike | None) -> int:
+    """Bytes under `url` (a file, or every file of a folder); 0 when nothing is there."""
+    if not url:
+        return 0
+    fs, path = filesystem(url)
+    try:
+        return int(fs.du(path, total=True))
+    except FileNotFoundError:
+        return 0
+
+
 def isdir(url: str | os.PathLike) -> bool:
     if is_local(url):
         return os.path.isdir(_local(url))

@@ -429,24 +429,8 @@ def _memory(input_bytes: int) -> dict[str, int]:
     return {"memory": need} if need >= _MEMORY_REQUEST_FLOOR else {}
 
 
-def _nbytes(url: str) -> int:
-    fs, path = storage.filesystem(url)
-    try:
-        return int(fs.du(path, total=True))
-    except FileNotFoundError:
-        return 0
 
 
-def _get(ref: Any) -> Any:
-    """ray.get, raising a task's own input error as it was raised (its message names what is wrong)."""
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
-            raise exc.cause from None
-        raise
 
 
 def _nothing() -> None:
@@ -462,7 +446,7 @@ def _run_judging(pairs: pa.Table | None, annotate_cfg: Any, out: str, model: str
     judge comes from `make_judge` (with what releases it), only when a shard is left to judge."""
     import ray
 
-    from synrank.runtime import init_ray, task_options
+    from synrank.runtime import get_result, init_ray, task_options
 
     check_version(prompt_version)
     init_ray(address)
@@ -470,10 +454,10 @@ def _run_judging(pairs: pa.Table | None, annotate_cfg: Any, out: str, model: str
     base = {"model": model, "prompt_version": prompt_version,
             "prompt_fingerprint": fingerprint(prompt_version, n_levels), "n_levels": n_levels,
             "max_retries": max_retries, "shard_size": shard_size}
-    source_bytes = pairs.nbytes if pairs is not None else _nbytes(annotate_cfg.collection)
+    source_bytes = pairs.nbytes if pairs is not None else storage.size(annotate_cfg.collection)
     chunks = ray.remote(_plan_task).options(num_returns="streaming", **cpu, **_memory(source_bytes)).remote(
         pairs, annotate_cfg, out, base, identity or {}, overwrite, shard_size)
-    plan: _Plan = _get(next(chunks))
+    plan: _Plan = get_result(next(chunks))
     finished = plan.n_shards - plan.n_pending
     log.info("%s: %d pairs in %d shards, %d already judged, %d to do", out, plan.identity["n_pairs"], plan.n_shards,
              finished, plan.n_pending)
@@ -495,7 +479,8 @@ def _run_judging(pairs: pa.Table | None, annotate_cfg: Any, out: str, model: str
             (_judge_ray_data if use_ray else _judge_here)(list(chunks), judge, settings, summary_done)
         finally:
             release()
-    return _get(ray.remote(_finalize).options(**cpu, **_memory(_nbytes(out))).remote(out, plan.schema, plan.identity))
+    finalize = ray.remote(_finalize).options(**cpu, **_memory(storage.size(out)))
+    return get_result(finalize.remote(out, plan.schema, plan.identity))
 
 
 def judge_pairs(

@@ -63,9 +63,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from synrank import storage
 from synrank.config import GroupsConfig, QuerySplitConfig
 from synrank.data import schemas
 from synrank.data.levels import collapse_mapping
+from synrank.runtime import get_result
 
 log = logging.getLogger(__name__)
 
@@ -655,16 +657,6 @@ _CORPUS_BYTES_PER_INPUT_BYTE = 12
 _MEMORY_REQUEST_FLOOR = 256 * 2**20
 
 
-def _nbytes(url: str | None) -> int:
-    from synrank.storage import filesystem
-
-    if not url:
-        return 0
-    fs, path = filesystem(url)
-    try:
-        return int(fs.du(path, total=True))
-    except FileNotFoundError:
-        return 0
 
 
 def _corpus_file(cfg: GroupsConfig) -> str | None:
@@ -678,21 +670,11 @@ def _memory(nbytes: int) -> dict[str, int]:
 
 
 def _plan_options(cfg: GroupsConfig) -> dict[str, Any]:
-    labels = (_nbytes(cfg.collection) - _nbytes(_corpus_file(cfg)) + _nbytes(cfg.queries) + _nbytes(cfg.synthetic)
-              + _nbytes(cfg.llm_qrels))
+    labels = (storage.size(cfg.collection) - storage.size(_corpus_file(cfg)) + storage.size(cfg.queries)
+              + storage.size(cfg.synthetic) + storage.size(cfg.llm_qrels))
     return _memory(_PLAN_BYTES_PER_INPUT_BYTE * labels)
 
 
-def _get(ref: Any) -> Any:
-    """ray.get, raising a task's own input error as it was raised (its message names the file and row)."""
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, (ValueError, FileNotFoundError)):
-            raise exc.cause from None
-        raise
 
 
 def _run(cfg: GroupsConfig, queries_per_part: int, deliver: Callable[[Any], Any]) -> tuple[list, GroupStats]:
@@ -708,14 +690,14 @@ def _run(cfg: GroupsConfig, queries_per_part: int, deliver: Callable[[Any], Any]
     cpu = task_options("cpu")
     chunks = ray.remote(_plan).options(num_returns="streaming", **cpu, **_plan_options(cfg)).remote(
         cfg, queries_per_part)
-    plan: _Plan = _get(next(chunks))
+    plan: _Plan = get_result(next(chunks))
     # Started once planning runs, so that on a one-CPU machine the actor waits for the planner
     # instead of holding the only CPU it needs.
     corpus = None
     if cfg.source == "synthetic":
         build = ray.remote(_synthetic_part).options(num_returns=2, **cpu).remote
     else:
-        memory = _memory(_CORPUS_BYTES_PER_INPUT_BYTE * _nbytes(_corpus_file(cfg)))
+        memory = _memory(_CORPUS_BYTES_PER_INPUT_BYTE * storage.size(_corpus_file(cfg)))
         corpus = ray.remote(_CorpusParts).options(num_cpus=1, **cpu, **memory).remote(cfg.collection)
         build = corpus.build.options(num_returns=2).remote
     counts, delivered = [], []
@@ -728,9 +710,9 @@ def _run(cfg: GroupsConfig, queries_per_part: int, deliver: Callable[[Any], Any]
     try:
         with watch_progress(f"groups: {len(counts)} part(s)") as watch:
             for part_stats in counts:
-                stats.add(_get(part_stats))
+                stats.add(get_result(part_stats))
                 watch.tick()
-            results = [_get(ref) for ref in delivered]
+            results = [get_result(ref) for ref in delivered]
     finally:
         if corpus is not None:
             ray.kill(corpus)
@@ -793,7 +775,7 @@ def build_groups_to(cfg: GroupsConfig, out: str, *, queries_per_part: int = QUER
         writer = ray.remote(_GroupsWriter).options(num_cpus=0, **_writer_placement(out)).remote(out)
         try:
             _, stats = _run(cfg, queries_per_part, deliver=writer.write.remote)
-            _get(writer.close.remote())
+            get_result(writer.close.remote())
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped the build is the one to raise
                 ray.get(writer.abort.remote())
