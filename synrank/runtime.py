@@ -172,8 +172,8 @@ def _job_runtime_env() -> dict[str, Any] | None:
     """The stage resources set in this process, for this job's workers (a job submitted with them in
     its runtime_env already hands them on; Ray refuses the same variable twice)."""
     raw = os.environ.get(_STAGE_RESOURCES_ENV)
-    if not raw or raw == _INHERITED_STAGE_RESOURCES:
-        return None
+    if not raw or raw == _INHERITED_STAGE_RESOURCES or not json.loads(raw):
+        return None  # nothing to hand on: no resources set here, or the job already has them
     return {"env_vars": {_STAGE_RESOURCES_ENV: raw}}
 
 
