@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -248,14 +250,41 @@ def ensure_node(request: Mapping[str, float], what: str, timeout_s: float | None
     request = {k: float(v) for k, v in request.items() if v}
     if not request or nodes_that_fit(request):
         return
-    from ray.autoscaler.sdk import request_resources
-
     log.info("%s: no node with {%s} is up; asking the autoscaler for one", what, _fmt(request))
-    request_resources(bundles=[request])
-    try:
+    timeout_s = _resource_wait_s if timeout_s is None else timeout_s
+    with _autoscaler_request(request, what, timeout_s):
         wait_for_node(request, what, timeout_s)
+
+
+@contextlib.contextmanager
+def _autoscaler_request(request: Mapping[str, float], what: str, timeout_s: float) -> Iterator[None]:
+    """Ask the autoscaler for a node holding `request` while the body runs.
+
+    Ray keeps one resource request per cluster, and every `request_resources` call replaces it.
+    Ray Data's autoscaling coordinator (a detached actor, started by the first dataset a job runs)
+    merges its requesters' bundles and sends them every 20 s, so a request made beside it with the
+    SDK is wiped within 20 s, often before the autoscaler has read it. The request therefore goes
+    through that coordinator as one more requester; the SDK is the fallback where Ray Data's
+    coordinator is not importable."""
+    try:
+        from ray.data._internal.cluster_autoscaler import DefaultAutoscalingCoordinator
+    except ImportError:
+        DefaultAutoscalingCoordinator = None
+    if DefaultAutoscalingCoordinator is None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(request)])
+        try:
+            yield
+        finally:
+            request_resources(bundles=[])
+        return
+    coordinator = DefaultAutoscalingCoordinator(f"synrank:{what}:{uuid.uuid4().hex[:8]}")
+    coordinator.request_resources([dict(request)], expire_after_s=timeout_s + 60.0)
+    try:
+        yield
     finally:
-        request_resources(bundles=[])
+        coordinator.cancel_request()
 
 
 def _missing_message(request: Mapping[str, float], what: str, timeout_s: float) -> str:

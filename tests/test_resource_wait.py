@@ -110,3 +110,47 @@ def test_evaluation_encoding_whose_node_type_never_comes_fails_naming_it(ray_ses
     source = EncodeSource("q", str(tmp_path / "emb"), ["1"], ["what is a shock wave"], None, 0)
     with pytest.raises(runtime.ResourceWaitError, match="evaluation encoding .* synrank_train"):
         encode_sources([source], "default", num_encoders=1, progress=False)
+
+
+def _requested_bundles() -> list[dict]:
+    """The resource request the (v1) autoscaler would read now."""
+    import json
+
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []
+
+
+def test_a_stage_request_outlives_ray_datas_autoscaling_ticks(ray_session):
+    """Ray keeps one resource request per cluster, and Ray Data's coordinator re-sends its own every
+    20 s once any dataset has run. A stage waiting for its node must still be asking for it after
+    such a tick (a plain SDK request was wiped here, and the autoscaling test's evaluation once
+    waited 300 s for a node nobody was asking for). No autoscaler reads the request on this Ray."""
+    import threading
+
+    import ray
+
+    ray.data.range(8).map_batches(lambda b: b).materialize()  # starts Ray Data's coordinator
+    request = {"CPU": 1, "synrank_cpu": 0.001}
+    failed = []
+    waiter = threading.Thread(target=lambda: failed.append(
+        pytest.raises(runtime.ResourceWaitError, runtime.ensure_node, request, "test stage", timeout_s=35)))
+    waiter.start()
+    seen_after_tick = False
+    started = time.monotonic()
+    while time.monotonic() - started < 30:
+        time.sleep(1)
+        present = request in _requested_bundles()
+        if time.monotonic() - started > 22:  # the coordinator ticks every 20 s
+            seen_after_tick = present
+            if not present:
+                break
+    waiter.join()
+    assert seen_after_tick, f"the request was dropped; the cluster now asks for {_requested_bundles()}"
+    assert failed
+    deadline = time.monotonic() + 10  # the request is withdrawn asynchronously, through the coordinator
+    while request in _requested_bundles() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert request not in _requested_bundles(), "the request outlived the wait"
