@@ -51,6 +51,9 @@ class EncoderConfig(Section):
     passage_prefix: str = ""
     max_query_length: int = Field(64, ge=4, le=8192)
     max_passage_length: int = Field(256, ge=4, le=8192)
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights when encoding for evaluation (auto: bfloat16 on a GPU that supports it, "
+        "float32 on CPUs; bfloat16 is also fast on CPUs with AVX512-BF16 or AMX)")
 
 
 class EngineSection(Section):

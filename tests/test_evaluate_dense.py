@@ -118,3 +118,22 @@ def test_dense_outputs_are_valid_and_consistent(synrank_results, name):
     assert again == pytest.approx(result["metrics"], abs=1e-12)
     # Embedding shards are removed unless keep_embeddings=True.
     assert not (Path(result["run_path"]).parent / "embeddings").exists()
+
+
+@pytest.fixture(scope="module")
+def bfloat16_results(ray_session, shared_data, tmp_path_factory):
+    from synrank.evaluate import evaluate_model
+
+    out = tmp_path_factory.mktemp("dense-bf16")
+    return evaluate_model("default", [str(shared_data / c) for c in COLLECTIONS], str(out), progress=False,
+                          encoder={"max_passage_length": PASSAGE_LENGTH, "inference_dtype": "bfloat16"})
+
+
+@pytest.mark.parametrize("name", COLLECTIONS)
+def test_bfloat16_encoding_ranks_as_float32_does(synrank_results, bfloat16_results, name):
+    """bfloat16 weights (the default on GPUs, an option on CPUs) must not change the ranking beyond
+    noise: nDCG@10 within 0.005 of the float32 path, and not identical runs (the weights did change)."""
+    fp32, bf16 = synrank_results[name], bfloat16_results[name]
+    assert bf16["metrics"]["ndcg@10"] == pytest.approx(fp32["metrics"]["ndcg@10"], abs=0.005)
+    assert bf16["metrics"]["recall@100"] == pytest.approx(fp32["metrics"]["recall@100"], abs=0.01)
+    assert read_run(bf16["run_path"], strict=True) != read_run(fp32["run_path"], strict=True)

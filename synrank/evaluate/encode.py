@@ -240,8 +240,7 @@ class _EncodeBatch:
         from synrank import storage
 
         # `model` may be a URL (s3://...): each node loads its own cached copy.
-        self.encoder = BiEncoder.load(storage.local_copy(model), **overrides).to(device)
-        self.encoder.eval()
+        self.encoder = BiEncoder.load(storage.local_copy(model), **overrides).for_inference(device)
         self.batch_size = batch_size
         self.emb_dirs = emb_dirs
         self.init_s = time.perf_counter() - started
