@@ -9,7 +9,8 @@ search + metrics time against encoding time, and peak memory at 1x and 10x corpu
    torch threads (a user's script: imports, model load, encode), and by synrank's Ray Data pipeline
    (`encode.encode_sources`: read task, encoder actors, Parquet shards) on an embedded Ray with
    `threads` CPUs, once with the default pool (`plan_pool`; on 2 CPUs two 1-thread actors) and
-   once with one actor of `threads` threads. Two ratios of medians (repetitions alternate, so load
+   once with one actor of `threads` threads, and once with the default pool in bfloat16 weights
+   (`encoder.inference_dtype`; fast on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere). Two ratios of medians (repetitions alternate, so load
    drifts hit every side): end to end (ST process wall vs `encode_sources` wall, Ray's own start
    excluded, actor start and model load included) and encoder time (ST `encode()` vs the busiest
    synrank actor's time inside `BiEncoder.encode`); and, since wall times on a shared machine swing
@@ -95,7 +96,8 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
 
     docs = _load(collection)
     resources = init_ray(num_cpus=threads)
-    runs: dict[str, list[dict]] = {"st": [], "synrank": [], "synrank_1_actor": []}
+    runs: dict[str, list[dict]] = {"st": [], "synrank": [], "synrank_1_actor": [], "synrank_bf16": []}
+    bf16 = None
     sr = None
     for rep in range(reps):
         env = {**os.environ, "BENCH_ST_OUT": str(work / "st.npy")}
@@ -109,24 +111,31 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
         runs["st"].append({"end_to_end_s": wall, **child})
         print(f"  rep {rep + 1}: sentence-transformers {wall:.1f} s end to end, encode() {child['encode_s']:.1f} s",
               flush=True)
-        for name, n_enc in (("synrank", None), ("synrank_1_actor", 1)):
+        for name, n_enc, dtype in (("synrank", None, "float32"), ("synrank_1_actor", 1, "float32"),
+                                   ("synrank_bf16", None, "bfloat16")):
             stats = EncodeStats()
             t0, c0 = time.perf_counter(), time.process_time()
             shards = encode_sources([EncodeSource("c", str(work / f"emb{rep}-{name}"), [], [], str(collection),
                                                   len(docs))], "default", batch_size=64, resources=resources,
-                                    num_encoders=n_enc, progress=False, stats=stats)
+                                    num_encoders=n_enc, progress=False, stats=stats,
+                                    overrides={"inference_dtype": dtype})
             wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
             encode_cpu = sum(stats.busy_cpu_s.values())
             runs[name].append({"end_to_end_s": wall, "encode_s": stats.busiest_s, "encode_cpu_s": encode_cpu,
                                "process_cpu_s": sum(stats.total_cpu_s.values()) + driver_cpu,
                                "actors": stats.as_dict()})
-            if n_enc is None:
+            if name == "synrank":
                 sr = shards["c"]
+            elif name == "synrank_bf16":
+                bf16 = shards["c"]
             print(f"  rep {rep + 1}: {name} {wall:.1f} s end to end, busiest actor encoding {stats.busiest_s:.1f} s",
                   flush=True)
-    ids, vectors = read_all(sr.paths("passage"))
-    order = {d: i for i, d in enumerate(ids)}
-    vectors = vectors[[order[str(d["_id"])] for d in docs]]
+    def in_doc_order(shards):
+        ids, vectors = read_all(shards.paths("passage"))
+        order = {d: i for i, d in enumerate(ids)}
+        return vectors[[order[str(d["_id"])] for d in docs]]
+
+    vectors, bf16_vectors = in_doc_order(sr), in_doc_order(bf16)
     st_vectors = np.load(work / "st.npy")
     keys = ("end_to_end_s", "encode_s", "encode_cpu_s", "process_cpu_s")
     med = {name: {key: statistics.median(r[key] for r in rs) for key in keys} for name, rs in runs.items()}
@@ -147,7 +156,10 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
         "ratio_encoding_cpu": med["st"]["encode_cpu_s"] / med["synrank"]["encode_cpu_s"],
         "ratio_end_to_end_cpu": med["st"]["process_cpu_s"] / med["synrank"]["process_cpu_s"],
         "ratio_encoding_cpu_1_actor": med["st"]["encode_cpu_s"] / med["synrank_1_actor"]["encode_cpu_s"],
+        "ratio_encoding_bf16": med["st"]["encode_s"] / med["synrank_bf16"]["encode_s"],
+        "ratio_end_to_end_bf16": med["st"]["end_to_end_s"] / med["synrank_bf16"]["end_to_end_s"],
         "max_abs_embedding_diff": float(np.abs(vectors - st_vectors).max()),
+        "bf16_min_cosine_to_fp32": float((vectors * bf16_vectors).sum(1).min()),
         "goal": ">= 1.0",
     }
 
@@ -340,6 +352,10 @@ def main() -> int:
              f"{t['ratio_end_to_end_1_actor']:.3f} | {t['ratio_encoding_1_actor']:.3f} | "
              f"{t['ratio_encoding_cpu_1_actor']:.3f}", ""),
             ("  max |embedding difference| synrank vs ST", f"{t['max_abs_embedding_diff']:.2e}", ""),
+            ("encoding synrank bfloat16 / ST float32, encoder time | end to end",
+             f"{t['ratio_encoding_bf16']:.3f} | {t['ratio_end_to_end_bf16']:.3f}", ">= 1.5"),
+            ("  min cosine bfloat16 vs float32 embedding (nDCG@10 within 0.005: tests)",
+             f"{t['bf16_min_cosine_to_fp32']:.5f}", ""),
         ]
     if "search" in results:
         s = results["search"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -145,6 +145,8 @@ class GroupsConfig(Section):
     synthetic: str | None = Field(None, description="synthetic passages (generate's output)")
     collection: str | None = Field(None, description="BEIR folder for human/llm/mixed sources")
     queries: str | None = Field(None, description="query texts (default: the collection's queries)")
+    train_queries: str | None = Field(None, description="a queries file: train only on these query ids (the "
+                                      "pipeline sets its training split, so no held-out query is trained on)")
     qrels_split: str = "train"
     query_split: QuerySplitConfig | None = Field(
         None, description="split the judged queries into train/test (default for a one-qrels-file collection)")
@@ -157,9 +159,12 @@ class GroupsConfig(Section):
     bm25_negatives: int = Field(30, ge=0, description="BM25 top-n to draw negatives from")
     precedence: Literal["human", "llm", "add"] = "human"
     relabel: bool = Field(True, description="mixed: real positives take real_positive_level, negatives negative_level")
-    real_positive_level: int | None = Field(None, ge=0, description="mixed: default the top level")
-    negative_level: int = Field(1, ge=0, description="mixed: level of BM25 and judged non-relevant real passages")
-    limit: int | None = Field(None, ge=1, description="only the first N queries")
+    real_positive_level: int | None = Field(None, ge=0, description="mixed: default the top level; must be a "
+                                            "positive level (synrank.data.levels.positive_threshold)")
+    negative_level: int = Field(0, ge=0, description="mixed: level of BM25 and judged non-relevant real passages; "
+                                "must be below every positive level")
+    limit: int | None = Field(None, ge=1, description="only N training queries: the N smallest query ids, the same "
+                              "for every label source (after test queries are held out)")
     seed: int = 0
     out: str | None = None
 
@@ -174,6 +179,32 @@ class GroupsConfig(Section):
             raise ValueError(f"n_levels={v} is finer than {key}={start}; levels can only be collapsed")
         return v
 
+    @model_validator(mode="after")
+    def _mixed_levels(self) -> "GroupsConfig":
+        """Mixed labels with relabelling: every negative strictly below every positive."""
+        if self.source == "mixed" and self.relabel:
+            check_mixed_levels(self.n_levels, self.real_positive_level, self.negative_level)
+        return self
+
+
+def check_mixed_levels(n_levels: int, real_positive_level: int | None, negative_level: int) -> None:
+    """ValueError naming the keys unless, on the n_levels scale, groups.negative_level is below the
+    positive threshold (synrank.data.levels.positive_threshold) and groups.real_positive_level (default
+    the top level) is at or above it, both on the scale."""
+    from synrank.data.levels import positive_threshold
+
+    top = n_levels - 1
+    positive = top if real_positive_level is None else real_positive_level
+    threshold = positive_threshold(n_levels)
+    keys = (f"groups.real_positive_level={real_positive_level}, groups.negative_level={negative_level}, "
+            f"groups.n_levels={n_levels}")
+    if positive > top or negative_level > top:
+        raise ValueError(f"{keys}: levels must be on the {n_levels}-level scale (0..{top})")
+    if not negative_level < threshold <= positive:
+        raise ValueError(f"{keys}: mixed labels need negative_level < {threshold} <= real_positive_level (the "
+                         f"{n_levels}-level scale's positives are the levels >= {threshold}), so that every "
+                         "negative stays below every positive")
+
 
 class TrainConfig(Section):
     """`synrank train`: a bi-encoder on Ray Train with any loss of synrank.losses."""
@@ -183,7 +214,9 @@ class TrainConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     loss: str = "infonce"
     loss_params: dict[str, Any] = {}
-    positive_threshold: float = Field(1.0, ge=0.0)
+    positive_threshold: float | None = Field(
+        None, gt=0.0, description="the smallest grade that counts as a positive (default: from the groups' "
+        "relevance scale, synrank.data.levels.positive_threshold: level >= 2 of 4, 'partly answers' or better)")
     batch_size: int = Field(16, ge=1, description="queries per worker per step")
     group_size: int | None = Field(None, ge=1, description="passages per query (default: from the groups)")
     in_batch_negatives: bool = True

@@ -132,18 +132,31 @@ class Pipeline:
         p = self.cfg.pipeline
         source = p.collection or self.cfg.generate.queries or DEMO_QUERIES
         fp = fingerprint("split", source, p.test_fraction, p.split_seed, self.cfg.generate.limit)
+        if p.collection:  # v2: a collection's judged queries are split before `limit` (see body)
+            fp = fingerprint(fp, "v2")
 
         def body() -> dict[str, str]:
             queries, judged = self._source_queries(source)
             ids = judged if judged is not None else queries.column("query_id").to_pylist()
-            if self.cfg.generate.limit:
-                ids = ids[: self.cfg.generate.limit]
+            limit = self.cfg.generate.limit
+            # With a collection, split every judged query first, exactly as the groups' query_split
+            # (synrank.data.groups.human_split) splits them, and only then apply `limit`: a query held
+            # out here is held out by every label source, whatever `limit` is. Without one only the
+            # generated passages of the training queries are trained on: `limit` comes first.
+            if limit and judged is None:
+                ids = ids[:limit]
             if p.test_fraction > 0:
                 from synrank.data.groups import split_queries
 
                 train, test = split_queries(ids, 1.0 - p.test_fraction, p.split_seed)
             else:
                 train, test = sorted(ids), []
+            if limit and judged is not None:
+                first = set(ids[:limit])
+                train, test = [q for q in train if q in first], [q for q in test if q in first]
+                if not train:
+                    raise PipelineError(f"generate.limit={limit} leaves no training query after the split "
+                                        f"(pipeline.test_fraction={p.test_fraction}); raise the limit")
             out = {}
             for name, keep in (("train", train), ("test", test)):
                 table = queries.filter(pc.is_in(queries.column("query_id"), pa.array(keep, pa.string())))
@@ -247,7 +260,8 @@ class Pipeline:
                upstream: str) -> tuple[str, str]:
         g = self.cfg.groups
         p = self.cfg.pipeline
-        update: dict[str, Any] = {"out": None}
+        # Only the pipeline's training queries (split before `limit`), whatever the label source.
+        update: dict[str, Any] = {"out": None, "train_queries": queries["train"]}
         if "train" in generated:
             update.update(synthetic=generated["train"], queries=queries["train"])
         if p.collection:

@@ -101,3 +101,32 @@ def test_bad_yaml_and_non_mapping(tmp_path):
         load(RunConfig, write(tmp_path, "train: [unclosed\n"))
     with pytest.raises(ConfigError, match=r"expected a mapping"):
         load(RunConfig, write(tmp_path, "- a\n- b\n"))
+
+
+def test_positive_threshold_defaults_to_the_scale():
+    from synrank.config import TrainConfig
+
+    assert TrainConfig().positive_threshold is None  # resolved from the groups' scale at training
+    assert TrainConfig(positive_threshold=1.0).positive_threshold == 1.0  # an explicit value overrides
+
+
+@pytest.mark.parametrize("n_levels", [2, 3, 4])
+def test_mixed_relabel_defaults_keep_negatives_below_positives(n_levels):
+    from synrank.data.levels import positive_threshold
+
+    cfg = load(RunConfig, None, ["groups.source=mixed", f"groups.n_levels={n_levels}"]).groups
+    assert cfg.negative_level < positive_threshold(n_levels) <= n_levels - 1
+
+
+@pytest.mark.parametrize("overrides", [
+    ["groups.n_levels=2", "groups.negative_level=1"],          # negatives and positives get the same grade
+    ["groups.n_levels=4", "groups.negative_level=2"],          # a negative at "partly answers"
+    ["groups.n_levels=4", "groups.real_positive_level=1"],     # a real positive at "on topic"
+    ["groups.n_levels=3", "groups.negative_level=1", "groups.real_positive_level=1"],
+])
+def test_mixed_relabel_levels_that_break_the_order_are_an_error_naming_the_keys(overrides):
+    with pytest.raises(ConfigError, match=r"groups.real_positive_level.*groups.negative_level.*groups.n_levels"):
+        load(RunConfig, None, ["groups.source=mixed", *overrides])
+    # the same levels are fine without relabelling, and for other sources
+    load(RunConfig, None, ["groups.source=mixed", "groups.relabel=false", *overrides])
+    load(RunConfig, None, ["groups.source=synthetic", *overrides])

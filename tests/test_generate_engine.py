@@ -62,7 +62,7 @@ def test_default_engine_generates_every_level(first_run, generate_queries_path):
     out = Path(cfg.out)
     passages = pq.read_table(out, schema=schemas.SYNTHETIC_PASSAGES)
     schema = pq.read_schema(out / "part-00000.parquet").remove_metadata()
-    assert schema.equals(schemas.SYNTHETIC_PASSAGES)
+    assert schema.equals(schemas.SYNTHETIC_PASSAGES.append(schemas.WRITTEN_FOR))  # + the query written for
     qids = read_queries_table(generate_queries_path, limit=3).column("query_id").to_pylist()
     rep = result.report
     errors = pq.read_table(out / "_errors")

@@ -50,8 +50,13 @@ def test_rejections_retries_and_counts(scripted_pool, tmp_path):
     result = generate(cfg, pool=scripted_pool, queries=QUERIES)
     rep = result.report
     passages, errors = _passages(out), _errors(out)
-    # the output is exactly the schema (extra metadata aside)
-    assert pq.read_schema(part_path(str(out), 0)).remove_metadata().equals(schemas.SYNTHETIC_PASSAGES)
+    # the output is exactly the schema and then the query each passage was written for (extra
+    # metadata aside); with the default swap strategy a level-0 passage was written for its partner
+    assert pq.read_schema(part_path(str(out), 0)).remove_metadata().equals(
+        schemas.SYNTHETIC_PASSAGES.append(schemas.WRITTEN_FOR))
+    written = pq.read_table(out, columns=["query_id", "level", "for_query_id"]).to_pylist()
+    assert all((r["for_query_id"] != r["query_id"]) == (r["level"] == 0) for r in written)
+    assert all(r["for_query_id"] in {f"q{i}" for i in range(7)} for r in written)
     ids = passages.column("doc_id").to_pylist()
     assert len(ids) == len(set(ids))
     final = errors.filter(errors.column("final"))

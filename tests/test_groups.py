@@ -122,7 +122,9 @@ def test_synthetic_groups_with_level_collapsing(tmp_path, collection):
     syn = _synthetic(tmp_path / "syn.parquet")
     base = dict(source="synthetic", synthetic=str(syn), collection=str(collection), group_size=4)
     table, stats = build_groups(GroupsConfig(**base))
-    assert table.schema.equals(schemas.TRAINING_GROUPS)
+    # the schema, then the optional origins column (every passage here was written for its own query)
+    assert table.schema.equals(schemas.TRAINING_GROUPS.append(schemas.ORIGINS))
+    assert all(o is None for row in table.column("origins").to_pylist() for o in row)
     rows = _by_query(table)
     assert set(rows) == {"q1", "q2", "q3"} and stats.n_groups == 3 and stats.sizes == {4: 3}
     assert rows["q1"]["grades"] == [3.0, 2.0, 1.0, 0.0]
@@ -276,12 +278,12 @@ def test_mixed_groups_relabel_and_precedence(tmp_path, collection):
     rows = _by_query(build_groups(GroupsConfig(**base))[0])
     assert set(rows) == {"q1", "q2", "q3"}
     q1 = {d: (g, s) for d, g, s in zip(rows["q1"]["doc_ids"], rows["q1"]["grades"], rows["q1"]["sources"])}
-    # real positives take the top level, BM25 negatives level 1; synthetic passages keep their levels
+    # real positives take the top level, BM25 negatives level 0; synthetic passages keep their levels
     assert q1["d1"] == (3.0, "human") and q1["d2"] == (3.0, "human")
     assert q1["q1-L2-0"] == (2.0, "synthetic") and q1["q1-L0-0"] == (0.0, "synthetic")
-    assert [g for g, s in q1.values() if s == "bm25"] == [1.0]
+    assert [g for g, s in q1.values() if s == "bm25"] == [0.0]
     q2 = dict(zip(rows["q2"]["doc_ids"], rows["q2"]["grades"]))
-    assert q2["d8"] == 1.0  # judged non-relevant real passage -> negative level
+    assert q2["d8"] == 0.0  # judged non-relevant real passage -> negative level
     # without relabelling: collapsed human grades (3 -> 4 levels is not allowed, so use 3 levels)
     plain = _by_query(build_groups(GroupsConfig(**{**base, "relabel": False, "n_levels": 3}))[0])
     q1p = dict(zip(plain["q1"]["doc_ids"], plain["q1"]["grades"]))
@@ -296,8 +298,36 @@ def test_mixed_groups_relabel_and_precedence(tmp_path, collection):
         q1 = {d: (g, s) for d, g, s in zip(rows["q1"]["doc_ids"], rows["q1"]["grades"], rows["q1"]["sources"])}
         assert q1["d2"] == d2, precedence
         assert ("d7" in q1) == has_d7 and ("q3" in rows) == has_q3, precedence
-    with pytest.raises(GroupsError, match="real_positive_level"):
-        build_groups(GroupsConfig(**base, real_positive_level=4))
+    with pytest.raises(ValueError, match="real_positive_level"):
+        GroupsConfig(**base, real_positive_level=4)
+    with pytest.raises(GroupsError, match="real_positive_level"):  # a config that skipped validation
+        build_groups(GroupsConfig(**base).model_copy(update={"real_positive_level": 4}))
+
+
+@pytest.mark.parametrize("n_levels", [2, 3, 4])
+def test_mixed_relabelled_negatives_stay_below_every_positive(tmp_path, collection, n_levels):
+    """Default mixed labels on every scale: BM25 negatives and judged non-relevant real passages are
+    below the scale's positive threshold, real positives at or above it."""
+    from synrank.data.levels import positive_threshold
+
+    syn = _synthetic(tmp_path / "syn.parquet", queries=("q1", "q2"))
+    cfg = GroupsConfig(source="mixed", synthetic=str(syn), collection=str(collection), qrels_levels=3,
+                       from_levels=4, n_levels=n_levels, group_size=10, bm25_negatives=2)
+    table, stats = build_groups(cfg)
+    t = positive_threshold(n_levels)
+    judged = {(q, d): g for q, d, g in HUMAN}
+    negatives, positives = [], []
+    for row in table.to_pylist():
+        for d, g, s in zip(row["doc_ids"], row["grades"], row["sources"]):
+            if s == "bm25" or (s == "human" and judged[(row["query_id"], d)] == 0):
+                negatives.append(g)
+            elif s == "human":
+                positives.append(g)
+    assert negatives and positives and stats.n_levels == n_levels
+    assert max(negatives) < t <= min(positives), (negatives, positives)
+    with pytest.raises(GroupsError, match="groups.negative_level=1.*groups.n_levels=2"):
+        build_groups(GroupsConfig(**{**cfg.model_dump(), "n_levels": 4}).model_copy(
+            update={"n_levels": 2, "negative_level": 1}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,3 +360,34 @@ def test_groups_cli(tmp_path, collection, capsys):
     assert read_groups(str(out)).column("grades").to_pylist()[0] == [1.0, 1.0, 0.0, 0.0]
     rc = main(["groups", "groups.source=human", f"groups.out={out}"])
     assert rc == 2 and "groups.collection" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["synthetic", "mixed"])
+def test_groups_carry_the_query_a_swap_passage_was_written_for(tmp_path, collection, source):
+    from synrank.data.groups import build_groups_to
+
+    syn = _synthetic(tmp_path / "syn.parquet")
+    table = pq.read_table(syn)
+    partner = {"q1": "q2", "q2": "q3", "q3": "q1"}
+    written_for = [partner[q] if lv == 0 else q
+                   for q, lv in zip(table.column("query_id").to_pylist(), table.column("level").to_pylist())]
+    pq.write_table(table.append_column(schemas.WRITTEN_FOR, pa.array(written_for, pa.string())), syn)
+    cfg = GroupsConfig(source=source, synthetic=str(syn), collection=str(collection), queries=str(collection),
+                       group_size=10, bm25_negatives=1, qrels_levels=3)
+    out = str(tmp_path / "groups.parquet")
+    build_groups_to(cfg, out)
+    groups = read_groups(out)
+    assert schemas.ORIGINS.name in groups.column_names
+    seen = 0
+    for row in groups.to_pylist():
+        for d, o in zip(row["doc_ids"], row["origins"]):
+            if d.endswith("-L0-0"):
+                assert o == partner[row["query_id"]]
+                seen += 1
+            else:
+                assert o is None
+    assert seen == 3
+    # synthetic passages written without the column: no origins
+    _synthetic(syn)
+    plain = build_groups(cfg)[0]
+    assert all(o is None for row in plain.column("origins").to_pylist() for o in row)

@@ -127,3 +127,24 @@ def test_check_grade_and_describe() -> None:
         descriptions = [s.describe(g) for g in s.grades]
         assert len(set(descriptions)) == n and descriptions[0] in ("unrelated to the query",
                                                                    "not relevant: does not answer the query")
+
+
+# --------------------------------------------------------------------------------------------------
+# what counts as a positive (the one rule every loss and label source uses)
+
+
+def test_positive_threshold_is_partly_answers_or_better_on_every_scale() -> None:
+    from synrank.data.levels import positive_grades, positive_threshold
+
+    # level >= 2 of 4 (Paper A's binary recipe); "on topic but does not answer" is never a positive
+    assert {n: positive_threshold(n) for n in SIZES} == {2: 1, 3: 2, 4: 2, 5: 3}
+    for n in SIZES:
+        scale = RelevanceScale(n)
+        t = positive_threshold(n)
+        assert positive_grades(n) == tuple(range(t, n))
+        assert "answers" in scale.describe(t) and "does not answer" not in scale.describe(t)
+        assert all(scale.describe(g) != "on topic but does not answer the query" for g in positive_grades(n))
+        # the same passages are positives whatever scale they are collapsed to
+        for fine in range(n, MAX_LEVELS + 1):
+            for g in range(fine):
+                assert (g >= positive_threshold(fine)) == (collapse(g, fine, n) >= t), (fine, n, g)

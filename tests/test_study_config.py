@@ -235,3 +235,16 @@ def test_further_grids_inherit_and_deduplicate(tmp_path, shared_data) -> None:
     ids = [s.config_id for s in expand(study)]
     assert ids == ["infonce_L4_human", "wasserstein_L4_human", "kl_L2_human", "kl_L4_human", "infonce_L2_human",
                    "infonce_L3_human", "wasserstein_L3_human"]  # infonce_L4 once
+
+
+def test_synthetic_passages_are_generated_for_the_queries_every_source_trains_on(tmp_path, shared_data) -> None:
+    """With groups.limit the study generates for exactly the N training queries that the human (and
+    mixed) source keeps, so label sources are compared on the same training queries."""
+    from synrank.data.groups import human_split, limit_queries
+    from synrank.study.synthetic import training_queries
+
+    study = _study(tmp_path, shared_data, "base.groups.limit=17")
+    g = study.base.groups
+    train = human_split(g.collection, g.qrels_split, g.query_split).train_ids
+    ids = training_queries(study).column("query_id").to_pylist()
+    assert set(ids) == set(limit_queries(train, 17)) and len(ids) == 17

@@ -168,6 +168,25 @@ def test_scores_put_length_sorted_passage_chunks_back_in_their_slots(tiny_encode
     assert torch.allclose(scores, expected, atol=1e-5)
 
 
+def test_scores_are_float32_under_amp(tiny_encoder):
+    """Under autocast (AMP) the encoder may run in bf16, but the score matrix is computed in fp32:
+    on CPU autocast turns a matmul into bf16 just as CUDA AMP does."""
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import Towers, scores_for, similarity
+
+    q = torch.randn(3, 8) * 7
+    p = torch.randn(5, 8) * 7
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = similarity(q, p)
+        assert (q @ p.T).dtype == torch.bfloat16  # what autocast does to a plain matmul
+    assert s.dtype == torch.float32 and torch.equal(s, q @ p.T)
+    encoder = BiEncoder(_encoder(tiny_encoder)).eval()
+    batch = collate(_groups([["a", "b"], ["c"]], [[3.0, 0.0], [2.0]]), 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
+    assert scores.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------------------------------
 # the loop in this process
 
@@ -210,6 +229,25 @@ def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, t
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
 
 
+def test_rand1lh_draws_resume_exactly_from_a_checkpoint(tiny_encoder, tmp_path):
+    """Rand1LH's random state is part of the checkpoint: with several positives per query, a run that
+    fails and resumes draws the same positives, hence gives the same losses, as one that did not."""
+    from synrank.train.loop import InjectedFault, run
+
+    groups = _scale_groups(tmp_path, [3.0, 2.0, 2.0, 3.0, 0.0], 4, "multi.parquet")
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), loss="rand1lh", batch_size=2, max_steps=4, lr=1e-4,
+                      checkpoint_every=2, seed=3)
+    first, _ = run(cfg, groups)
+    losses = [h["loss"] for h in first["history"]]
+    faulty = cfg.model_copy(update={"fail_at_step": 3})
+    ckpts = str(tmp_path / "ckpts")
+    with pytest.raises(InjectedFault):
+        run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    resumed, _ = run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    assert resumed["resumes"] == [2]
+    np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
+
+
 def test_grad_accumulation_and_own_group_scoring_run(tiny_encoder, tmp_path):
     from synrank.train.loop import run
 
@@ -234,6 +272,48 @@ def test_resolve_rejects_bad_settings(tmp_path):
         resolve(TrainConfig(), str(tmp_path / "missing.parquet"), str(tmp_path))
     resolved = resolve(TrainConfig(batch_size=2, epochs=3), groups, str(tmp_path))
     assert resolved.group_size == 3 and resolved.max_steps == 6 and resolved.groups == groups
+
+
+def _scale_groups(tmp_path: Path, grades: list[float], n_levels: int | None, name: str) -> str:
+    import pyarrow as pa
+
+    from synrank.data import schemas
+    from synrank.data.groups import write_groups
+
+    rows = [{"query_id": f"q{i}", "query": f"question {i}", "doc_ids": [f"q{i}-{j}" for j in range(len(grades))],
+             "texts": [f"passage {j} of {i}" for j in range(len(grades))], "grades": grades,
+             "sources": ["synthetic"] * len(grades)} for i in range(4)]
+    path = str(tmp_path / name)
+    write_groups(pa.Table.from_pylist(rows, schema=schemas.TRAINING_GROUPS), path, n_levels=n_levels)
+    return path
+
+
+def test_positive_threshold_comes_from_the_groups_scale(tmp_path):
+    """On the 4-level scale 'on topic but does not answer' (level 1) is not a positive: the default
+    threshold is level 2 (Paper A's binary recipe); on 2 levels it is level 1; an explicit value wins."""
+    from synrank.train.loop import build_loss
+    from synrank.train.trainer import loop_config, resolve
+
+    four = _scale_groups(tmp_path, [3.0, 2.0, 1.0, 0.0], 4, "four.parquet")
+    two = _scale_groups(tmp_path, [1.0, 0.0], 2, "two.parquet")
+    assert resolve(TrainConfig(batch_size=2), four, str(tmp_path)).positive_threshold == 2.0
+    assert resolve(TrainConfig(batch_size=2), two, str(tmp_path)).positive_threshold == 1.0
+    assert loop_config(TrainConfig(), four, str(tmp_path))["train"]["positive_threshold"] == 2.0
+    assert resolve(TrainConfig(batch_size=2, positive_threshold=1.0), four, str(tmp_path)).positive_threshold == 1.0
+    # a 4-level file whose best grade here is 3 still gets the 4-level rule; a file without the scale
+    # (hand-made) is read as largest grade + 1 levels
+    assert resolve(TrainConfig(batch_size=2), _scale_groups(tmp_path, [3.0, 1.0], None, "x.parquet"),
+                   str(tmp_path)).positive_threshold == 2.0
+    # a query whose best passage is on topic but does not answer contributes nothing, with every loss
+    # that takes positives
+    scores = torch.tensor([[2.0, 0.5, -1.0], [0.3, 1.0, 0.2]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
+    for loss in ("infonce", "rand1lh", "jointlh", "summarglh", "lsepair"):
+        cfg = resolve(TrainConfig(batch_size=2, loss=loss), four, str(tmp_path))
+        both, second = build_loss(cfg)(scores, labels), build_loss(cfg)(scores[1:], labels[1:])
+        assert float(both) == pytest.approx(float(second)), loss
+    with pytest.raises(ValueError, match="positive_threshold is not resolved"):
+        build_loss(TrainConfig())
 
 
 def test_train_cli_dry_run(capsys):
@@ -344,8 +424,8 @@ def _two_process_losses(rank: int, init_file: str, encoder_path: str, halves: li
     found = {"scores": scores}
     for in_batch in (True, False):
         labels, mask = global_labels(batch, torch.device("cpu"), in_batch)
-        found[in_batch] = (labels, mask, {loss: float(build_loss(TrainConfig(loss=loss))(scores, labels, mask))
-                                          for loss in ("lsepair", "sycl_w2")})
+        found[in_batch] = (labels, mask, {loss: float(build_loss(TrainConfig(loss=loss, positive_threshold=2.0))(
+                                              scores, labels, mask)) for loss in ("lsepair", "sycl_w2")})
     if rank == 0:
         torch.save(found, out)
     dist.destroy_process_group()
@@ -373,7 +453,8 @@ def test_two_processes_score_and_label_the_global_batch_as_one_process_does(tiny
         gathered_labels, gathered_mask, losses = found[in_batch]
         assert torch.equal(gathered_labels, labels) and torch.equal(gathered_mask, mask)
         for loss, value in losses.items():
-            assert value == pytest.approx(float(build_loss(TrainConfig(loss=loss))(scores, labels, mask)), abs=1e-5)
+            assert value == pytest.approx(float(build_loss(TrainConfig(loss=loss, positive_threshold=2.0))(
+                scores, labels, mask)), abs=1e-5)
 
 
 @pytest.mark.slow

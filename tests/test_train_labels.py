@@ -86,3 +86,53 @@ def test_labels_are_built_on_the_device_of_the_inputs():
     grades, valid, keys = (t.to("meta") for t in _gathered(parts))
     labels, mask = label_matrices(grades, valid, keys)
     assert labels.device.type == "meta" and mask.device.type == "meta" and labels.shape == (4, 12)
+
+
+def test_a_swap_passage_is_never_a_negative_for_the_query_it_was_written_for():
+    """q1's level-0 passage was written (at the top level) for q0. When q0 and q1 share a batch it is
+    masked for q0 (not labelled a negative), stays q1's own level-0 negative, and is an ordinary
+    in-batch negative for q2; across workers too."""
+    from synrank.train.loop import global_labels
+
+    groups = [Group("q0", "query 0", ["a0", "b0"], ["top of q0", "zero of q0"], [3.0, 0.0], [None, "q2"]),
+              Group("q1", "query 1", ["a1", "s1"], ["top of q1", "written for q0"], [3.0, 0.0], [None, "q0"]),
+              Group("q2", "query 2", ["a2"], ["top of q2"], [3.0], None)]
+    k = 2
+    for parts in ([groups], [groups[:1], groups[1:]]):
+        batches = [collate(p, k) for p in parts]
+        labels, mask = label_matrices(*_gathered(batches), query_keys=torch.cat([b.query_keys for b in batches]),
+                                      origin_keys=torch.cat([b.origin_keys for b in batches]))
+        swap_of_q1, swap_of_q0 = 1 * k + 1, 0 * k + 1
+        assert not mask[0, swap_of_q1] and labels[0, swap_of_q1] == 0  # written for q0: masked for q0
+        assert mask[1, swap_of_q1] and labels[1, swap_of_q1] == 0  # q1's own negative
+        assert mask[2, swap_of_q1]  # another query's in-batch negative
+        assert not mask[2, swap_of_q0] and mask[1, swap_of_q0]  # q0's passage written for q2
+        # everything else as without origins
+        plain_labels, plain_mask = label_matrices(*_gathered(batches))
+        assert torch.equal(labels, plain_labels)
+        expected = plain_mask.clone()
+        expected[0, swap_of_q1] = expected[2, swap_of_q0] = False
+        assert torch.equal(mask, expected)
+    labels, mask = global_labels(collate(groups, k), torch.device("cpu"), True)  # what the loop uses
+    assert not mask[0, 3] and not mask[2, 1] and mask[1, 3]
+
+
+def test_origins_travel_from_the_groups_file_to_the_batch(tmp_path):
+    import pyarrow as pa
+
+    from synrank.data import schemas
+    from synrank.train.collate import GroupShard
+
+    rows = [{"query_id": "q0", "query": "x", "doc_ids": ["a", "b"], "texts": ["t", "u"], "grades": [3.0, 0.0],
+             "sources": ["synthetic"] * 2, "origins": [None, "q1"]},
+            {"query_id": "q1", "query": "y", "doc_ids": ["c"], "texts": ["v"], "grades": [3.0],
+             "sources": ["synthetic"], "origins": None}]
+    table = pa.Table.from_pylist(rows, schema=schemas.TRAINING_GROUPS.append(schemas.ORIGINS))
+    shard = GroupShard(table)
+    got = shard.take(np.array([0, 1]))
+    assert got[0].origins == [None, "q1"] and got[1].origins is None
+    batch = collate(got, 2)
+    assert batch.origin_keys[0, 1] == batch.query_keys[1] and batch.origin_keys[0, 0] == 0
+    assert int(batch.origin_keys[1].abs().sum()) == 0
+    # a file without the column still reads
+    assert GroupShard(table.drop_columns(["origins"])).take(np.array([0]))[0].origins is None

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from synrank.data.levels import collapse_mapping
+from synrank.data.levels import positive_grades as levels_positive_grades
 
 WEIGHTINGS = ("none", "linear", "quadratic")
 
@@ -76,9 +77,8 @@ def cohens_kappa(confusion: np.ndarray | Sequence[Sequence[int]], weighting: str
 
 
 def positive_grades(n_levels: int, threshold: int | None = None) -> set[int]:
-    if threshold is None:
-        mapping = collapse_mapping(n_levels, 2)
-        return {g for g, coarse in mapping.items() if coarse == 1}
+    if threshold is None:  # the one rule of synrank.data.levels
+        return set(levels_positive_grades(n_levels))
     return {g for g in range(n_levels) if g >= threshold}
 
 

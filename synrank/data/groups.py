@@ -22,8 +22,20 @@ Sources (``GroupsConfig.source``):
   train queries, and LLM qrels when ``llm_qrels`` is given) and BM25 negatives. With ``relabel``
   (Paper A's setting) a real passage judged relevant takes ``real_positive_level`` (default: the
   top level) and BM25 negatives and judged non-relevant real passages take ``negative_level``
-  (default 1: on topic, does not answer); without it real passages keep their collapsed grades and
-  BM25 negatives get 0.
+  (default 0). Every negative must stay strictly below every positive on the ``n_levels`` scale:
+  ``negative_level < positive_threshold(n_levels) <= real_positive_level``
+  (`synrank.data.levels.positive_threshold`), else the config is an error naming the keys. Without
+  relabelling real passages keep their collapsed grades and BM25 negatives get 0.
+
+The scale of the groups (``n_levels``) is written into the Parquet file's metadata
+(``synrank.n_levels``) and the stats, so that training takes its positives from the same rule.
+Groups with synthetic passages (sources ``synthetic`` and ``mixed``) also carry ``origins``
+(`schemas.ORIGINS`): per passage, the other query it was written for (a swap level-0 passage,
+from generate's ``for_query_id``), else null; training masks such a passage for that query.
+
+Test queries: ``query_split`` holds out the test queries before anything else, ``train_queries``
+(the pipeline's training split) keeps only those ids, and ``limit`` then keeps the ``limit``
+smallest query ids (`limit_queries`): the same queries for every label source.
 
 When a passage has both a human and an LLM label, ``precedence`` decides: ``human`` (the human
 grade), ``llm`` (the LLM grade), or ``add`` (human grade; LLM labels only add pairs to queries that
@@ -163,6 +175,7 @@ class Candidate:
     text: str
     grade: float
     source: str
+    origin: str | None = None  # another query the passage was written for (a swap passage)
 
 
 def _rng(seed: int, query_id: str) -> np.random.Generator:
@@ -251,7 +264,7 @@ class _Synthetic:
 
 
 _SYNTHETIC_ROWS = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
-                             ("grade", pa.float64())])
+                             ("grade", pa.float64()), ("origin", pa.string())])
 _NO_SYNTHETIC = _Synthetic(_SYNTHETIC_ROWS.empty_table(), {})
 
 
@@ -279,7 +292,18 @@ def _read_synthetic(cfg: GroupsConfig) -> _Synthetic:
                                             "set groups.from_levels to the scale the passages were generated on"))
         rows.setdefault(qid, []).append(row)
     kept = table.select(["query_id", "doc_id", "text"]).append_column("grade", pa.array(grades, pa.float64()))
-    return _Synthetic(kept, rows)
+    return _Synthetic(kept.append_column("origin", _origins(table)), rows)
+
+
+def _origins(table: pa.Table) -> pa.Array:
+    """Per synthetic passage, the other query it was written for (a swap level-0 passage: generate's
+    `for_query_id`), else null."""
+    name = schemas.WRITTEN_FOR.name
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    written_for = table.column(name).cast(pa.string())
+    other = pc.and_kleene(pc.is_valid(written_for), pc.not_equal(written_for, table.column("query_id")))
+    return pc.if_else(pc.fill_null(other, False), written_for, pa.scalar(None, pa.string())).combine_chunks()
 
 
 def _qrels_scale(cfg: GroupsConfig) -> int:
@@ -444,6 +468,7 @@ class GroupStats:
     qrels_split: str | None = None
     train_queries: int | None = None
     held_out_queries: int | None = None
+    n_levels: int | None = None  # the scale of the grades
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -466,12 +491,13 @@ def _check_source(cfg: GroupsConfig) -> None:
     if cfg.source in ("human", "llm", "mixed") and not cfg.collection:
         needs = "qrels and a corpus" if cfg.source != "llm" else "a corpus for the passage texts"
         raise GroupsError(f"source={cfg.source} needs groups.collection (a BEIR folder with {needs})")
-    if cfg.source == "mixed":
-        top = cfg.n_levels - 1
-        pos = top if cfg.real_positive_level is None else cfg.real_positive_level
-        if pos > top or cfg.negative_level > top:
-            raise GroupsError(f"groups.real_positive_level={pos} / negative_level={cfg.negative_level} must be "
-                              f"levels of the {cfg.n_levels}-level scale (0..{top})")
+    if cfg.source == "mixed" and cfg.relabel:
+        from synrank.config import check_mixed_levels
+
+        try:
+            check_mixed_levels(cfg.n_levels, cfg.real_positive_level, cfg.negative_level)
+        except ValueError as exc:
+            raise GroupsError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -531,6 +557,28 @@ def _real_labels(cfg: GroupsConfig) -> tuple[Labels, _Synthetic, _Plan]:
     return _merge(human, llm, cfg.precedence), synthetic, plan
 
 
+def limit_queries(query_ids: Sequence[str], limit: int | None) -> list[str]:
+    """``groups.limit``: the ``limit`` smallest query ids (string order), kept in their given order.
+
+    The choice depends only on the ids a source has, not on the order its files list them in, so
+    label sources with labels for the same training queries train on the same queries (a study
+    compares them on one query set), and the study's synthetic passages are generated for them."""
+    if not limit:
+        return list(query_ids)
+    chosen = set(sorted(set(query_ids))[: int(limit)])
+    return [q for q in query_ids if q in chosen]
+
+
+def _only_train_queries(order: list[str], cfg: GroupsConfig) -> list[str]:
+    """``groups.train_queries`` (a queries file, e.g. the pipeline's training split): only its ids."""
+    if not cfg.train_queries:
+        return order
+    from synrank.data.readers import read_queries
+
+    keep = set(read_queries(cfg.train_queries).column("query_id").to_pylist())
+    return [q for q in order if q in keep]
+
+
 def _plan(cfg: GroupsConfig, queries_per_part: int) -> Iterator[_Plan | _Chunk]:
     """Read the label sources and query texts; yield the _Plan, then the queries in order,
     `queries_per_part` to a _Chunk. A Ray generator task: labels and texts stay on its worker."""
@@ -539,7 +587,7 @@ def _plan(cfg: GroupsConfig, queries_per_part: int) -> Iterator[_Plan | _Chunk]:
         texts = _query_texts(cfg)
         labels: Labels = {}
         plan = _Plan()
-        order = list(synthetic.rows)
+        order = _only_train_queries(list(synthetic.rows), cfg)
         missing = [q for q in order if q not in texts]
         if missing:
             raise GroupsError(f"{len(missing)} query id(s) have passages but no query text in "
@@ -547,13 +595,13 @@ def _plan(cfg: GroupsConfig, queries_per_part: int) -> Iterator[_Plan | _Chunk]:
     else:
         texts = _query_texts(cfg)
         labels, synthetic, plan = _real_labels(cfg)
-        order = list(dict.fromkeys([*synthetic.rows, *labels]))
+        order = _only_train_queries(list(dict.fromkeys([*synthetic.rows, *labels])), cfg)
         unknown = [q for q in order if q not in texts]
         if unknown:
             raise GroupsError(f"{len(unknown)} query id(s) of the labels are not in the queries "
                               f"({cfg.queries or cfg.collection}), e.g. {unknown[:3]}")
     if cfg.limit:
-        order = order[: cfg.limit]
+        order = limit_queries(order, cfg.limit)
     if cfg.source != "synthetic" and cfg.bm25_negatives > 0 and order:
         plan = replace(plan, bm25_depth=cfg.bm25_negatives + max(len(labels.get(q, {})) for q in order))
     yield plan
@@ -567,8 +615,8 @@ def _plan(cfg: GroupsConfig, queries_per_part: int) -> Iterator[_Plan | _Chunk]:
 def _synthetic_candidates(table: pa.Table) -> dict[str, list[Candidate]]:
     out: dict[str, list[Candidate]] = {}
     cols = [table.column(c).to_pylist() for c in _SYNTHETIC_ROWS.names]
-    for qid, did, text, grade in zip(*cols):
-        out.setdefault(qid, []).append(Candidate(did, text, grade, "synthetic"))
+    for qid, did, text, grade, origin in zip(*cols):
+        out.setdefault(qid, []).append(Candidate(did, text, grade, "synthetic", origin))
     return out
 
 
@@ -585,7 +633,7 @@ def _build_part(chunk: _Chunk, corpus: _Corpus | None, cfg: GroupsConfig, bm25_d
                                 stats)
         for qid, passages in real.items():
             cands.setdefault(qid, []).extend(passages)
-    rows: dict[str, list] = {name: [] for name in schemas.TRAINING_GROUPS.names}
+    rows: dict[str, list] = {name: [] for name in groups_schema(cfg).names}
     for qid in qids:
         group = sample_group(cands.get(qid, []), cfg.group_size, _rng(cfg.seed, qid), cfg.sampling)
         if not group:
@@ -597,13 +645,22 @@ def _build_part(chunk: _Chunk, corpus: _Corpus | None, cfg: GroupsConfig, bm25_d
         rows["texts"].append([c.text for c in group])
         rows["grades"].append([float(c.grade) for c in group])
         rows["sources"].append([c.source for c in group])
+        if schemas.ORIGINS.name in rows:
+            rows[schemas.ORIGINS.name].append([c.origin for c in group])
         stats.sizes[len(group)] = stats.sizes.get(len(group), 0) + 1
         for c in group:
             stats.grades[c.grade] = stats.grades.get(c.grade, 0) + 1
             stats.sources[c.source] = stats.sources.get(c.source, 0) + 1
     stats.n_groups = len(rows["query_id"])
     stats.n_passages = sum(stats.sizes.get(s, 0) * s for s in stats.sizes)
-    return pa.Table.from_pydict(rows, schema=schemas.TRAINING_GROUPS), stats
+    return pa.Table.from_pydict(rows, schema=groups_schema(cfg)), stats
+
+
+def groups_schema(cfg: GroupsConfig) -> pa.Schema:
+    """TRAINING_GROUPS, and for sources with synthetic passages the `schemas.ORIGINS` column."""
+    if cfg.source in ("synthetic", "mixed"):
+        return schemas.TRAINING_GROUPS.append(schemas.ORIGINS)
+    return schemas.TRAINING_GROUPS
 
 
 def _synthetic_part(chunk: _Chunk, cfg: GroupsConfig, bm25_depth: int) -> tuple[pa.Table, GroupStats]:
@@ -629,13 +686,13 @@ class _GroupsWriter:
     """A Ray actor writing the parts, in the order given, as the row groups of one Parquet file,
     which appears at `out` only once `close` is called (`synrank.storage.atomic_path`)."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, schema: pa.Schema, n_levels: int | None = None) -> None:
         import pyarrow.parquet as pq
 
         from synrank.storage import atomic_path
 
         self._file = contextlib.ExitStack()  # holds atomic_path open across calls
-        self._writer = pq.ParquetWriter(self._file.enter_context(atomic_path(out)), schemas.TRAINING_GROUPS)
+        self._writer = pq.ParquetWriter(self._file.enter_context(atomic_path(out)), with_scale(schema, n_levels))
 
     def write(self, part: pa.Table) -> None:
         self._writer.write_table(part)
@@ -706,7 +763,7 @@ def _run(cfg: GroupsConfig, queries_per_part: int, deliver: Callable[[Any], Any]
         counts.append(part_stats)
         delivered.append(deliver(table))
     stats = GroupStats(source=cfg.source, qrels_split=plan.qrels_split, train_queries=plan.train_queries,
-                       held_out_queries=plan.held_out_queries)
+                       held_out_queries=plan.held_out_queries, n_levels=cfg.n_levels)
     try:
         with watch_progress(f"groups: {len(counts)} part(s)") as watch:
             for part_stats in counts:
@@ -772,7 +829,8 @@ def build_groups_to(cfg: GroupsConfig, out: str, *, queries_per_part: int = QUER
 
     _check_source(cfg)
     with _ray():
-        writer = ray.remote(_GroupsWriter).options(num_cpus=0, **_writer_placement(out)).remote(out)
+        writer = ray.remote(_GroupsWriter).options(num_cpus=0, **_writer_placement(out)).remote(
+            out, groups_schema(cfg), cfg.n_levels)
         try:
             _, stats = _run(cfg, queries_per_part, deliver=writer.write.remote)
             get_result(writer.close.remote())
@@ -790,11 +848,32 @@ def build_groups_to(cfg: GroupsConfig, out: str, *, queries_per_part: int = QUER
 # files
 
 
-def write_groups(table: pa.Table, path: str, stats: GroupStats | None = None) -> None:
-    """Write groups Parquet atomically, and ``<path>.stats.json`` beside it when stats are given."""
+SCALE_KEY = b"synrank.n_levels"
+
+
+def with_scale(schema: pa.Schema, n_levels: int | None) -> pa.Schema:
+    """`schema` with the groups' relevance scale in its metadata (unchanged when it is None)."""
+    if n_levels is None:
+        return schema
+    return schema.with_metadata({**(schema.metadata or {}), SCALE_KEY: str(int(n_levels)).encode()})
+
+
+def scale_of(schema: pa.Schema) -> int | None:
+    """The relevance scale written into a groups file's schema metadata, or None."""
+    value = (schema.metadata or {}).get(SCALE_KEY)
+    return int(value) if value else None
+
+
+def write_groups(table: pa.Table, path: str, stats: GroupStats | None = None, n_levels: int | None = None) -> None:
+    """Write groups Parquet atomically, and ``<path>.stats.json`` beside it when stats are given. The
+    scale (``n_levels``, default the stats') goes into the file's metadata."""
     from synrank.storage import write_json, write_parquet
 
-    write_parquet(schemas.conform(table, schemas.TRAINING_GROUPS, str(path)), path)
+    table = schemas.conform(table, schemas.TRAINING_GROUPS, str(path))
+    n_levels = n_levels if n_levels is not None else (stats.n_levels if stats is not None else None)
+    if n_levels is not None:
+        table = table.replace_schema_metadata(with_scale(table.schema, n_levels).metadata)
+    write_parquet(table, path)
     if stats is not None:
         write_json(stats.as_dict(), f"{path}.stats.json")
 

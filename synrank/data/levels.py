@@ -3,6 +3,12 @@
 A scale of n levels has grades 0..n-1, 0 the least relevant. The generator's default is 4 levels
 (Paper A): 3 = fully answers, 2 = partly answers, 1 = on topic but does not answer, 0 = unrelated.
 Coarser scales merge adjacent grades: 4 -> 3 is {0},{1},{2,3}; 4 -> 2 is {0,1},{2,3}.
+
+What counts as a positive is decided here, once (`positive_threshold`): a passage that at least
+partly answers the query, i.e. the grades that the binary collapse (n -> 2 levels) calls relevant.
+That is level >= 2 of 4 (Paper A's binary recipe), >= 1 of 2, >= 2 of 3 ("answers the query"; level 1
+is "on topic but does not answer") and >= 3 of 5 ("partly answers"). Every loss and every label
+source takes its positives from this rule unless a threshold is set explicitly.
 """
 
 from __future__ import annotations
@@ -102,3 +108,18 @@ def collapse(grade: int, from_levels: int, to_levels: int) -> int:
     if grade not in mapping:
         raise ValueError(f"grade {grade!r} is not on the {from_levels}-level scale {tuple(range(from_levels))}")
     return mapping[grade]
+
+
+def positive_threshold(n_levels: int) -> int:
+    """The smallest grade of the n_levels scale that counts as a positive: the lowest grade that at
+    least partly answers the query (the grades collapsing to "relevant" on the 2-level scale).
+
+    2 levels -> 1, 3 -> 2, 4 -> 2, 5 -> 3. "On topic but does not answer" is never a positive.
+    """
+    mapping = collapse_mapping(n_levels, 2)
+    return min(g for g, coarse in mapping.items() if coarse == 1)
+
+
+def positive_grades(n_levels: int) -> tuple[int, ...]:
+    """The grades of the n_levels scale that count as positives (see `positive_threshold`)."""
+    return tuple(range(positive_threshold(n_levels), n_levels))

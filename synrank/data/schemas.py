@@ -33,6 +33,15 @@ SYNTHETIC_PASSAGES = pa.schema(
     ]
 )
 
+#: Optional column of synthetic passages, after the schema's: the query the passage was written for
+#: (generate writes it; it differs from query_id for a "swap" level-0 passage, written at the top
+#: level for a partner query). Files without it are read as "written for their own query".
+WRITTEN_FOR = pa.field("for_query_id", pa.string())
+
+#: Optional column of training groups, after the schema's: per passage, the id of another query it
+#: was written for (a swap passage), else null. Training masks such a passage for that query.
+ORIGINS = pa.field("origins", pa.list_(pa.string()))
+
 TRAINING_GROUPS = pa.schema(
     [
         ("query_id", pa.string()),

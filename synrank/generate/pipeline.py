@@ -17,7 +17,10 @@ one Ray Data stage.
 
 Output folder (local path or fsspec URL):
 
-- ``part-NNNNN.parquet``: the passages of shard N, exactly the SYNTHETIC_PASSAGES schema (a
+- ``part-NNNNN.parquet``: the passages of shard N, the SYNTHETIC_PASSAGES schema and then
+  ``for_query_id`` (`schemas.WRITTEN_FOR`: the query the passage was written for; a swap level-0
+  passage's partner), which the training groups carry so that training never uses a swap passage
+  as a negative for the query it was written for (a
   Parquet folder: pyarrow, Ray Data and `synrank.data.readers.read_table(out, "synthetic")` read
   it whole; the underscore-prefixed entries below are skipped by those readers);
 - ``_errors/part-NNNNN.parquet``: every rejected attempt with its reason and raw text; rows of an
@@ -358,6 +361,7 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
                     "seed": c.seed if c.seed is not None else settings.seed,
                     "n_tokens": c.n_tokens,
                     "finish_reason": c.finish_reason,
+                    "for_query_id": r["for_query_id"],
                 }
                 continue
             final = attempt == settings.max_retries
@@ -372,7 +376,7 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
         pending = retry
     # Rows in request order: deterministic files whatever the order of acceptance.
     rows = [accepted[r["doc_id"]] for r in requests if r["doc_id"] in accepted]
-    passages = pa.Table.from_pylist(rows, schema=schemas.SYNTHETIC_PASSAGES)
+    passages = pa.Table.from_pylist(rows, schema=schemas.SYNTHETIC_PASSAGES.append(schemas.WRITTEN_FOR))
     reasons: dict[str, int] = {}
     for e in errors:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1

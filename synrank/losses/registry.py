@@ -47,7 +47,8 @@ def build(name: str, **kwargs: object) -> RankingLoss:
     returning a scalar tensor. An unknown name, an unknown parameter or an invalid parameter value
     raises ValueError naming what is valid.
 
-    Every loss accepts ``temperature`` (default 0.05), ``positive_threshold`` (default 1.0) and
+    Every loss accepts ``temperature`` (default 0.05), ``positive_threshold`` (default 1.0; training
+    passes the groups' scale's threshold, `synrank.data.levels.positive_threshold`) and
     ``target_temperature`` (default 1.0), so one configuration can be swapped across losses; a
     loss ignores those it does not use (see its docstring). Loss-specific parameters: ``normalize``
     (jointlh), ``seed`` (rand1lh), ``p`` (wasserstein).

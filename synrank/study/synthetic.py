@@ -37,10 +37,11 @@ def training_queries(study: StudyConfig) -> pa.Table:
         keep = split.train_ids or []
     else:
         keep = sorted(set(read_qrels(g.collection, split=split.qrels_split).column("query_id").to_pylist()))
-    table = table.filter(pc.is_in(table.column("query_id"), value_set=pa.array(keep, pa.string())))
-    if g.limit:
-        table = table.slice(0, g.limit)
-    return table
+    if g.limit:  # the queries groups.limit keeps, whatever the label source
+        from synrank.data.groups import limit_queries
+
+        keep = limit_queries(keep, g.limit)
+    return table.filter(pc.is_in(table.column("query_id"), value_set=pa.array(keep, pa.string())))
 
 
 def generate_for_study(study: StudyConfig, store: StudyStore, address: str | None = None) -> str:

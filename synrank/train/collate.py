@@ -18,12 +18,14 @@ Candidates. Every query of the global batch scores every passage slot of the glo
 (exactly the order of an all-gather of the per-worker slots). Label of query ``i`` for slot ``j``:
 the grade when ``j`` is one of ``i``'s own passages, else 0. The mask removes padding slots (groups
 shorter than ``K``), copies of ``i``'s own passages that sit in another query's group (the same
-document judged for ``i`` must not count as its negative), and, with ``in_batch_negatives=False``,
-every slot outside ``i``'s own group.
+document judged for ``i`` must not count as its negative), passages of another query's group that
+were written for ``i`` (a "swap" level-0 passage is a top-level passage written for its partner
+query: the groups' optional ``origins`` column names that query), and, with
+``in_batch_negatives=False``, every slot outside ``i``'s own group.
 
-A worker's batch carries compact per-query data (grades, valid slots and document keys, each
-``[B, K]``); the loop gathers them from every worker and ``label_matrices`` builds the
-``[B_global, N]`` labels and mask from them on the device.
+A worker's batch carries compact per-query data (grades, valid slots, document keys and origin
+keys, each ``[B, K]``, and query keys ``[B]``); the loop gathers them from every worker and
+``label_matrices`` builds the ``[B_global, N]`` labels and mask from them on the device.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ import torch
 from synrank.data.groups import GroupsError, _rng, sample_group
 
 GROUP_COLUMNS = ["query_id", "query", "doc_ids", "texts", "grades"]
+ORIGINS = "origins"  # optional (synrank.data.schemas.ORIGINS)
+
+
+def group_columns(names: list[str]) -> list[str]:
+    """The columns training reads from a groups table with column ``names``: GROUP_COLUMNS, and
+    ``origins`` when the table has it."""
+    return GROUP_COLUMNS + ([ORIGINS] if ORIGINS in names else [])
 
 
 @dataclass
@@ -49,13 +58,14 @@ class Group:
     doc_ids: list[str]
     texts: list[str]
     grades: list[float]
+    origins: list[str | None] | None = None  # per passage: another query it was written for, or None
 
 
 class GroupShard:
-    """The training groups one worker holds, as an Arrow table of ``GROUP_COLUMNS``."""
+    """The training groups one worker holds, as an Arrow table of ``GROUP_COLUMNS`` (and ``origins``)."""
 
     def __init__(self, table: pa.Table, source: str = "training groups") -> None:
-        self.table = table.select(GROUP_COLUMNS)
+        self.table = table.select(group_columns(table.column_names))
         _check_lengths(self.table, source)
 
     @classmethod
@@ -83,7 +93,8 @@ class GroupShard:
 
     def take(self, indices: np.ndarray) -> list[Group]:
         rows = self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
-        return [Group(r["query_id"], r["query"], r["doc_ids"], r["texts"], [float(g) for g in r["grades"]])
+        return [Group(r["query_id"], r["query"], r["doc_ids"], r["texts"], [float(g) for g in r["grades"]],
+                      r.get(ORIGINS))
                 for r in rows]
 
 
@@ -92,10 +103,13 @@ def _check_lengths(table: pa.Table, source: str) -> None:
     length would otherwise be labelled wrongly without an error."""
     sizes = [pc.fill_null(pc.list_value_length(table.column(c)), 0) for c in ("doc_ids", "texts", "grades")]
     bad = pc.or_(pc.or_(pc.not_equal(sizes[0], sizes[1]), pc.not_equal(sizes[0], sizes[2])), pc.less(sizes[0], 1))
+    if ORIGINS in table.column_names:  # null: no origins; else one per passage
+        origins = pc.list_value_length(table.column(ORIGINS))
+        bad = pc.or_(bad, pc.fill_null(pc.not_equal(origins, sizes[0]), False))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         raise GroupsError(f"{source}: group {table.column('query_id')[row].as_py()!r}: doc_ids, texts and grades "
-                          "must be non-empty and of equal length")
+                          "(and origins) must be non-empty and of equal length")
 
 
 class BatchPlan:
@@ -141,6 +155,8 @@ class Batch:
     valid: torch.Tensor  # bool [B, K]: a real passage, not padding
     doc_keys: torch.Tensor  # int64 [B, K]: doc_key of each passage, 0 on padding
     group_size: int
+    query_keys: torch.Tensor | None = None  # int64 [B]: doc_key of each query id
+    origin_keys: torch.Tensor | None = None  # int64 [B, K]: doc_key of the query a passage was written for, else 0
 
     @property
     def n_queries(self) -> int:
@@ -158,8 +174,9 @@ def _sampled(group: Group, k: int, seed: int, epoch: int) -> Group:
         return group
     rng = _rng(seed * 1_000_003 + epoch, group.query_id)
     chosen = sample_group(list(range(len(group.doc_ids))), k, rng, "stratified", grade=lambda i: group.grades[i])
+    origins = None if group.origins is None else [group.origins[i] for i in chosen]
     return Group(group.query_id, group.query, [group.doc_ids[i] for i in chosen], [group.texts[i] for i in chosen],
-                 [group.grades[i] for i in chosen])
+                 [group.grades[i] for i in chosen], origins)
 
 
 def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int = 0) -> Batch:
@@ -171,6 +188,8 @@ def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int =
     valid = [[True] * len(g.doc_ids) + [False] * p for g, p in zip(chosen, pad)]
     keys = [[doc_key(d) for d in g.doc_ids] + [0] * p for g, p in zip(chosen, pad)]
     slots = [qi * k + j for qi, g in enumerate(chosen) for j in range(len(g.doc_ids))]
+    origins = [[doc_key(o) if o else 0 for o in (g.origins or [None] * len(g.doc_ids))] + [0] * p
+               for g, p in zip(chosen, pad)]
     return Batch(
         queries=[g.query for g in chosen],
         passages=[t for g in chosen for t in g.texts],
@@ -179,13 +198,17 @@ def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int =
         valid=torch.tensor(valid, dtype=torch.bool).reshape(len(chosen), k),
         doc_keys=torch.tensor(keys, dtype=torch.int64).reshape(len(chosen), k),
         group_size=k,
+        query_keys=torch.tensor([doc_key(g.query_id) for g in chosen], dtype=torch.int64),
+        origin_keys=torch.tensor(origins, dtype=torch.int64).reshape(len(chosen), k),
     )
 
 
 def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Tensor, *,
-                   in_batch_negatives: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels (float) and mask (bool), each ``[Q, Q*K]``, from the ``[Q, K]`` grades, valid slots and
-    document keys of the global batch (see the module doc); on the device of the inputs."""
+                   in_batch_negatives: bool = True, query_keys: torch.Tensor | None = None,
+                   origin_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (float) and mask (bool), each ``[Q, Q*K]``, from the ``[Q, K]`` grades, valid slots,
+    document keys and (optional) origin keys, and the ``[Q]`` query keys, of the global batch (see
+    the module doc); on the device of the inputs."""
     q, k = grades.shape
     own = torch.eye(q, dtype=torch.bool, device=grades.device).repeat_interleave(k, dim=1)
     labels = own * grades.reshape(1, q * k)
@@ -196,4 +219,8 @@ def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Te
     copy_of_own = torch.zeros_like(own)
     for j in range(k):  # one [Q, N] comparison per position of a query's own group (K is small)
         copy_of_own |= (slot_keys == doc_keys[:, j : j + 1]) & valid[:, j : j + 1]
+    if query_keys is not None and origin_keys is not None:
+        # a passage written for query i in another query's group (a swap passage): never i's negative
+        slot_origins = origin_keys.reshape(1, q * k)
+        copy_of_own |= (slot_origins == query_keys.reshape(q, 1)) & (slot_origins != 0)
     return labels, slot_valid & (own | ~copy_of_own)

@@ -23,7 +23,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from synrank import storage
-from synrank.train.collate import GROUP_COLUMNS
+from synrank.train.collate import group_columns
 
 DATASET = "train"
 
@@ -48,10 +48,35 @@ def groups_shape(url: str) -> tuple[int, int]:
     return n, int(k)
 
 
-def _read_row_groups(url: str, row_groups: list[int], block_rows: int) -> Iterator[pa.Table]:
+def groups_scale(url: str) -> tuple[int, str]:
+    """(n_levels, where it came from) of the groups at ``url``: the scale written into the file's
+    metadata by ``synrank groups``, else ``n_levels`` of ``<url>.stats.json``, else inferred as the
+    largest grade + 1 (at least 2)."""
+    import json
+
+    from synrank.data.groups import scale_of
+    from synrank.data.levels import MAX_LEVELS, MIN_LEVELS
+
+    with storage.open(url, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        n = scale_of(parquet.schema_arrow)
+        if n is not None:
+            return n, "file metadata"
+        top = max((pc.max(pc.list_flatten(b.column(0))).as_py() or 0.0
+                   for b in parquet.iter_batches(batch_size=65_536, columns=["grades"])), default=0.0)
+    stats = f"{url}.stats.json"
+    if storage.exists(stats):
+        with storage.open(stats, "r") as f:
+            n = json.load(f).get("n_levels")
+        if n:
+            return int(n), "stats"
+    return int(min(MAX_LEVELS, max(MIN_LEVELS, int(np.ceil(top)) + 1))), "largest grade"
+
+
+def _read_row_groups(url: str, row_groups: list[int], block_rows: int, columns: list[str]) -> Iterator[pa.Table]:
     with storage.open(url, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=block_rows, row_groups=row_groups,
-                                                    columns=GROUP_COLUMNS):
+                                                    columns=columns):
             yield pa.Table.from_batches([batch])
 
 
@@ -67,7 +92,9 @@ class GroupsDatasource(Datasource):
             meta = pq.ParquetFile(f).metadata
         self.row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.row_group_bytes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
-        self.schema = pa.schema([meta.schema.to_arrow_schema().field(c) for c in GROUP_COLUMNS])
+        arrow = meta.schema.to_arrow_schema()
+        self.columns = group_columns(arrow.names)
+        self.schema = pa.schema([arrow.field(c) for c in self.columns])
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(self.row_group_bytes)
@@ -80,8 +107,8 @@ class GroupsDatasource(Datasource):
             meta = BlockMetadata(num_rows=sum(self.row_group_rows[i] for i in run),
                                  size_bytes=sum(self.row_group_bytes[i] for i in run),
                                  exec_stats=None, input_files=[self.url])
-            tasks.append(ReadTask(lambda run=run, url=self.url, rows=self.block_rows: _read_row_groups(url, run, rows),
-                                  meta, schema=self.schema))
+            tasks.append(ReadTask(lambda run=run, url=self.url, rows=self.block_rows, cols=self.columns:
+                                  _read_row_groups(url, run, rows, cols), meta, schema=self.schema))
         return tasks
 
 

@@ -102,7 +102,11 @@ def global_labels(batch: Batch, device: torch.device, in_batch_negatives: bool) 
     """Labels and mask ``[B_global, N]`` of the global batch, built on ``device`` from every worker's
     compact per-query data."""
     grades, valid, doc_keys = (gather(t.to(device)) for t in (batch.grades, batch.valid, batch.doc_keys))
-    return label_matrices(grades, valid, doc_keys, in_batch_negatives=in_batch_negatives)
+    query_keys = origin_keys = None
+    if batch.query_keys is not None and batch.origin_keys is not None:
+        query_keys, origin_keys = (gather(t.to(device)) for t in (batch.query_keys, batch.origin_keys))
+    return label_matrices(grades, valid, doc_keys, in_batch_negatives=in_batch_negatives, query_keys=query_keys,
+                          origin_keys=origin_keys)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +185,14 @@ def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch
     gathered = gathered.view(world, local.shape[0], -1)
     q_all = gathered[:, : batch.n_queries].reshape(-1, q.shape[1])
     p_all = gathered[:, batch.n_queries :].reshape(-1, q.shape[1])
-    return q_all.float() @ p_all.float().T
+    return similarity(q_all, p_all)
+
+
+def similarity(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+    """[Q, P] float32 dot products, also under autocast (AMP would otherwise run the matmul in
+    bf16/fp16, and the losses divide these scores by a small temperature)."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return queries.float() @ passages.float().T
 
 
 def build_loss(config: TrainConfig):
@@ -189,7 +200,11 @@ def build_loss(config: TrainConfig):
 
     kwargs = dict(config.loss_params)
     valid = params(config.loss)
-    kwargs.setdefault("positive_threshold", config.positive_threshold)
+    if "positive_threshold" not in kwargs:
+        if config.positive_threshold is None:
+            raise ValueError("train.positive_threshold is not resolved: set it, or build the run with "
+                             "synrank.train.trainer.resolve / loop_config, which take it from the groups' scale")
+        kwargs["positive_threshold"] = config.positive_threshold
     if "seed" in valid:
         kwargs.setdefault("seed", config.seed)
     return build(config.loss, **kwargs)
@@ -393,6 +408,8 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
             scheduler.load_state_dict(saved["scheduler"])
             if scaler is not None and saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
+            if saved.get("loss"):  # e.g. Rand1LH's random generator: the resumed run draws as the first did
+                loss_fn.load_state_dict(saved["loss"])
             state = LoopState(saved["step"], saved["micro"], list(saved["history"]), list(saved["resumes"]))
             state.resumes.append(state.step)
             if world == 1 and saved.get("torch_rng") is not None:
@@ -475,6 +492,7 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
+                        "loss": loss_fn.state_dict(),  # the loss's own state (Rand1LH's generator)
                         "step": state.step,
                         "micro": state.micro,
                         "history": state.history,
@@ -514,5 +532,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 def run(config: TrainConfig, groups_path: str, *, checkpoints: str | None = None,
         out_dir: str | None = None) -> tuple[dict[str, Any], LocalContext]:
     """The loop in this process, without Ray (one worker, the whole table)."""
+    from synrank.train.trainer import with_positive_threshold
+
     ctx = LocalContext(checkpoints, use_gpu=config.use_gpu)
+    config = with_positive_threshold(config, groups_path)
     return train_loop(config, GroupShard.from_path(groups_path), ctx, out_dir), ctx

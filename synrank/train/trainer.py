@@ -59,14 +59,31 @@ def ray_storage(url: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
+def with_positive_threshold(config: TrainConfig, groups_path: str) -> TrainConfig:
+    """``config`` with ``positive_threshold`` set: as given, or from the groups' relevance scale
+    (`synrank.data.levels.positive_threshold`, the one rule of what counts as a positive)."""
+    if config.positive_threshold is not None:
+        return config
+    from synrank.data.levels import positive_threshold
+    from synrank.train.ingest import groups_scale
+
+    n_levels, where = groups_scale(groups_path)
+    threshold = float(positive_threshold(n_levels))
+    log.info("positives: grade >= %g (the %d-level scale of %s, from its %s)", threshold, n_levels, groups_path,
+             where)
+    return config.model_copy(update={"positive_threshold": threshold})
+
+
 def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
     """Check the config against the groups before any worker starts, and fill in what the run will
-    use: the groups path, the output directory, the group size and the number of steps."""
+    use: the groups path, the output directory, the positive threshold, the group size and the
+    number of steps."""
     from synrank.train.ingest import groups_shape
     from synrank.train.loop import build_loss
 
-    build_loss(config)  # unknown loss or parameter: a clear error now, not in a worker
     n, k = groups_shape(groups_path)
+    config = with_positive_threshold(config, groups_path)
+    build_loss(config)  # unknown loss or parameter: a clear error now, not in a worker
     global_batch = config.batch_size * config.num_workers
     per_epoch = (n // global_batch) // config.grad_accumulation
     if per_epoch == 0:
@@ -90,6 +107,7 @@ def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str
 
     if config.group_size is None:
         config = config.model_copy(update={"group_size": groups_shape(groups_path)[1]})
+    config = with_positive_threshold(config, groups_path)
     return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
 
 
