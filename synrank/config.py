@@ -229,6 +229,7 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     amp: bool = True
+    prefetch: bool = Field(True, description="collate and tokenize the next batch while this step runs")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -229,6 +229,20 @@ def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, t
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
 
 
+def test_batches_prepared_ahead_train_exactly_as_batches_prepared_in_the_step(tiny_encoder, tmp_path):
+    """The next batch is collated and tokenized in a background thread while a step runs; the
+    losses, with grad accumulation and across an epoch boundary, are those of the plain loop."""
+    from synrank.train.loop import run
+
+    groups = _hand_groups(tmp_path, n=6)
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, grad_accumulation=2, max_steps=4, lr=1e-4,
+                      checkpoint_every=100, seed=5, prefetch=True)
+    ahead, _ = run(cfg, groups)
+    inline, _ = run(cfg.model_copy(update={"prefetch": False}), groups)
+    assert [h["epoch"] for h in ahead["history"]][-1] > 1.0
+    assert [h["loss"] for h in ahead["history"]] == [h["loss"] for h in inline["history"]]
+
+
 def test_rand1lh_draws_resume_exactly_from_a_checkpoint(tiny_encoder, tmp_path):
     """Rand1LH's random state is part of the checkpoint: with several positives per query, a run that
     fails and resumes draws the same positives, hence gives the same losses, as one that did not."""

@@ -164,17 +164,69 @@ def passage_chunks(n: int, n_queries: int) -> int:
     return max(16, n_queries)
 
 
-def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch.device) -> torch.Tensor:
-    """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch.
+@dataclass
+class StepInputs:
+    """One batch's tokenized queries and length-sorted passage chunks, on the CPU."""
 
-    Passages are encoded in chunks of similar length (sorted by characters), so a short passage is
+    queries: dict[str, torch.Tensor]
+    chunks: list[dict[str, torch.Tensor]]
+    order: list[int]
+
+
+def tokenize_batch(encoder: BiEncoder, batch: Batch, pin_memory: bool = False) -> StepInputs:
+    """Passages are cut into chunks of similar length (sorted by characters), so a short passage is
     not padded to the longest one of the whole batch."""
-    q_feat = {k: v.to(device) for k, v in encoder.tokenize(batch.queries, "query").items()}
     order = sorted(range(len(batch.passages)), key=lambda i: len(batch.passages[i]))
     size = passage_chunks(len(order), batch.n_queries)
-    chunks = [{k: v.to(device) for k, v in encoder.tokenize([batch.passages[i] for i in order[c : c + size]],
-                                                            "passage").items()}
+    queries = encoder.tokenize(batch.queries, "query")
+    chunks = [encoder.tokenize([batch.passages[i] for i in order[c : c + size]], "passage")
               for c in range(0, len(order), size)]
+    if pin_memory:
+        queries = {k: v.pin_memory() for k, v in queries.items()}
+        chunks = [{k: v.pin_memory() for k, v in chunk.items()} for chunk in chunks]
+    return StepInputs(queries, chunks, order)
+
+
+class BatchFeed:
+    """This worker's batches, each collated and tokenized one micro-step ahead in a background
+    thread while the current step runs (the Rust tokenizer and most of pyarrow release the GIL). On
+    a GPU, tokenization would otherwise bound the step. Batches are the same as without it: collation
+    draws from (seed, epoch), not from a shared random state."""
+
+    def __init__(self, groups: GroupShard, plan: BatchPlan, group_size: int, seed: int, encoder: BiEncoder,
+                 end_micro: int, prefetch: bool, pin_memory: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.groups, self.plan, self.group_size, self.seed, self.encoder = groups, plan, group_size, seed, encoder
+        self.end_micro, self.pin_memory = end_micro, pin_memory
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synrank-batches") if prefetch else None
+        self._ahead: dict[int, Any] = {}
+
+    def _prepare(self, micro: int) -> tuple[Batch, StepInputs]:
+        batch = collate(self.groups.take(self.plan.indices(micro)), self.group_size, seed=self.seed,
+                        epoch=self.plan.epoch_of(micro))
+        return batch, tokenize_batch(self.encoder, batch, self.pin_memory)
+
+    def get(self, micro: int) -> tuple[Batch, StepInputs]:
+        ahead = self._ahead.pop(micro, None)
+        prepared = ahead.result() if ahead is not None else self._prepare(micro)
+        if self._pool is not None and micro + 1 < self.end_micro:
+            self._ahead[micro + 1] = self._pool.submit(self._prepare, micro + 1)
+        return prepared
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch.device,
+               inputs: StepInputs | None = None) -> torch.Tensor:
+    """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch
+    (tokenized here unless `inputs` holds it already, see `tokenize_batch`)."""
+    inputs = inputs or tokenize_batch(encoder, batch)
+    q_feat = {k: v.to(device, non_blocking=True) for k, v in inputs.queries.items()}
+    chunks = [{k: v.to(device, non_blocking=True) for k, v in chunk.items()} for chunk in inputs.chunks]
+    order = inputs.order
     q, p = model(q_feat, chunks)
     slots = q.new_zeros((batch.n_queries * batch.group_size, q.shape[1]))
     where = batch.slots[torch.tensor(order, dtype=torch.long)] if order else batch.slots
@@ -424,83 +476,89 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
     # examples/s counts the whole cycle: this step and the previous step's report and checkpoint
     cycle_start = time.perf_counter()
 
-    while state.step < total:
-        if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
-                and not _exists(fault_marker)):
-            _inject_fault(fault_marker, rank, world, state.step + 1)
+    feed = BatchFeed(groups, plan, k, config.seed, encoder,
+                     end_micro=state.micro + (total - state.step) * config.grad_accumulation,
+                     prefetch=config.prefetch, pin_memory=device.type == "cuda")
+    try:
+        while state.step < total:
+            if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
+                    and not _exists(fault_marker)):
+                _inject_fault(fault_marker, rank, world, state.step + 1)
 
-        t0 = time.perf_counter()
-        loss_total, loss_time = 0.0, 0.0
-        for a in range(config.grad_accumulation):
-            micro = state.micro + a
-            batch = collate(groups.take(plan.indices(micro)), k, seed=config.seed, epoch=plan.epoch_of(micro))
-            labels, mask = global_labels(batch, device, config.in_batch_negatives)
-            sync = (model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
-                    and a < config.grad_accumulation - 1 else contextlib.nullcontext())
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    scores = scores_for(model, encoder, batch, device)
-                t1 = time.perf_counter()
-                leaf = scores.detach().requires_grad_(True)
-                loss = loss_fn(leaf, labels, mask)
-                scaled = loss / config.grad_accumulation
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_value = float(loss.detach())
-                loss_time += time.perf_counter() - t1
-                scores.backward(leaf.grad)
-            loss_total += loss_value
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(towers.parameters(), config.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        dt, cycle = now - t0, now - cycle_start
-        cycle_start = now
+            t0 = time.perf_counter()
+            loss_total, loss_time = 0.0, 0.0
+            for a in range(config.grad_accumulation):
+                micro = state.micro + a
+                batch, inputs = feed.get(micro)
+                labels, mask = global_labels(batch, device, config.in_batch_negatives)
+                sync = (model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
+                        and a < config.grad_accumulation - 1 else contextlib.nullcontext())
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        scores = scores_for(model, encoder, batch, device, inputs)
+                    t1 = time.perf_counter()
+                    leaf = scores.detach().requires_grad_(True)
+                    loss = loss_fn(leaf, labels, mask)
+                    scaled = loss / config.grad_accumulation
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    loss_value = float(loss.detach())
+                    loss_time += time.perf_counter() - t1
+                    scores.backward(leaf.grad)
+                loss_total += loss_value
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(towers.parameters(), config.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            dt, cycle = now - t0, now - cycle_start
+            cycle_start = now
 
-        state.step += 1
-        state.micro += config.grad_accumulation
-        metrics = {
-            "step": state.step,
-            "epoch": state.micro / plan.per_epoch,
-            "loss": loss_total / config.grad_accumulation,
-            "lr": lr,
-            "examples_per_s": queries_per_step / cycle,  # queries of the global batch per wall second
-            "step_time_s": dt,  # data, forward, backward, optimizer (without reporting)
-            "loss_time_fraction": loss_time / dt,
-            "groups_read": len(groups),  # this worker's groups: its shard under Ray Train
-        }
-        state.history.append(metrics)
-        last = state.step == total
-        checkpoint = state.step % config.checkpoint_every == 0 or last
-        if checkpoint or last or state.step % config.report_every == 0:
-            with tempfile.TemporaryDirectory(prefix="synrank-ckpt-") as tmp:
-                ckpt_dir = None
-                if checkpoint and rank == 0:
-                    ckpt_dir = tmp
-                    torch.save(encoder.state_dict(), os.path.join(tmp, MODEL_FILE))
-                    torch.save({
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "loss": loss_fn.state_dict(),  # the loss's own state (Rand1LH's generator)
-                        "step": state.step,
-                        "micro": state.micro,
-                        "history": state.history,
-                        "resumes": state.resumes,
-                        "torch_rng": torch.get_rng_state(),
-                        "config": config.model_dump(mode="json"),
-                    }, os.path.join(tmp, STATE_FILE))
-                ctx.report(metrics, ckpt_dir, state.step)
+            state.step += 1
+            state.micro += config.grad_accumulation
+            metrics = {
+                "step": state.step,
+                "epoch": state.micro / plan.per_epoch,
+                "loss": loss_total / config.grad_accumulation,
+                "lr": lr,
+                "examples_per_s": queries_per_step / cycle,  # queries of the global batch per wall second
+                "step_time_s": dt,  # data, forward, backward, optimizer (without reporting)
+                "loss_time_fraction": loss_time / dt,
+                "groups_read": len(groups),  # this worker's groups: its shard under Ray Train
+            }
+            state.history.append(metrics)
+            last = state.step == total
+            checkpoint = state.step % config.checkpoint_every == 0 or last
+            if checkpoint or last or state.step % config.report_every == 0:
+                with tempfile.TemporaryDirectory(prefix="synrank-ckpt-") as tmp:
+                    ckpt_dir = None
+                    if checkpoint and rank == 0:
+                        ckpt_dir = tmp
+                        torch.save(encoder.state_dict(), os.path.join(tmp, MODEL_FILE))
+                        torch.save({
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "loss": loss_fn.state_dict(),  # the loss's own state (Rand1LH's generator)
+                            "step": state.step,
+                            "micro": state.micro,
+                            "history": state.history,
+                            "resumes": state.resumes,
+                            "torch_rng": torch.get_rng_state(),
+                            "config": config.model_dump(mode="json"),
+                        }, os.path.join(tmp, STATE_FILE))
+                    ctx.report(metrics, ckpt_dir, state.step)
+    finally:
+        feed.close()
     return {"history": state.history, "resumes": state.resumes, "group_size": k, "total_steps": total,
             "groups_read": len(groups)}
 
