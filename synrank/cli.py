@@ -24,6 +24,7 @@ STAGE_COMMANDS = [
     "synrank.train.cli",
     "synrank.annotate.cli",
     "synrank.study.cli",
+    "synrank.models_cli",
 ]
 
 Handler = Callable[[argparse.Namespace], int | None]

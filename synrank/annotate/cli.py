@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ann.add_argument("--collection", metavar="DIR", help="collection folder with corpus and queries (and qrels)")
     ann.add_argument("--split", help="qrels split for judged passages and agreement (default: test)")
     ann.add_argument("--out", metavar="DIR", help="output folder (resumed when it holds the same run)")
-    ann.add_argument("--model", help="judge model: directory, hub name or 'default' (SmolLM2-135M-Instruct)")
+    ann.add_argument("--model", help="judge model: directory, .gguf file, recipe (synrank models list), hub name or 'default' (SmolLM2-135M-Instruct)")
     ann.add_argument("--candidates", help="'bm25' (default) or an encoder for dense candidates")
     ann.add_argument("--top-n", type=int, dest="top_n", help="candidates per query (default: 10)")
     ann.add_argument("--no-judged", dest="include_judged", action="store_false", default=None,

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--queries", metavar="PATH", help="queries: BEIR folder, .jsonl, TREC topics or .parquet")
     gen.add_argument("--out", metavar="DIR", help="output folder (local path or fsspec URL)")
-    gen.add_argument("--model", help="generator: directory, hub name or 'default' (SmolLM2-135M-Instruct)")
+    gen.add_argument("--model", help="generator: directory, .gguf file, recipe (synrank models list), hub name or 'default' (SmolLM2-135M-Instruct)")
     gen.add_argument("--limit", type=int, help="only the first N queries")
     add_config_options(gen)
     gen.set_defaults(handler=_generate)

@@ -140,8 +140,9 @@ def model_label(model: str) -> str:
     """The name a model is recorded under (the `model` column, part of every doc_id).
 
     `default` is the packaged SmolLM2-135M-Instruct GGUF (its quantisation is part of the name);
-    a hub name stays as it is; a local directory is named by its last path component, so the
-    label does not depend on where the model lies.
+    a recipe (`synrank.recipes`) by its label, whichever of its names was given; a hub name stays
+    as it is; a local directory or GGUF file is named by its last path component, so the label does
+    not depend on where the model lies.
     """
     from synrank.models import DEFAULT, DEFAULT_GENERATOR_NAME
 
@@ -152,6 +153,11 @@ def model_label(model: str) -> str:
             return f"{DEFAULT_GENERATOR_NAME}@{_packaged_smollm2_gguf().stem.rsplit('.', 1)[-1]}"
         except Exception:  # the package is missing: resolve_generator will say so
             return DEFAULT_GENERATOR_NAME
+    from synrank.recipes import find
+
+    recipe = find(model)
+    if recipe is not None:  # the recipe name and its aliases are one model
+        return recipe.label or recipe.name
     path = Path(model).expanduser()
     if path.exists():
         return path.resolve().name
