@@ -109,6 +109,7 @@ class Pipeline:
         self.stages: list[StageLog] = []
         self.stop_after = stop_after
         self._pool = None
+        self.verdict: list[dict[str, Any]] = []  # trained vs untrained per test collection
 
     # -- stage bookkeeping -----------------------------------------------------------------
     def _stage(self, name: str, fp: str, body: Callable[[], dict[str, str]]) -> dict[str, str]:
@@ -308,16 +309,21 @@ class Pipeline:
             from synrank.evaluate import evaluate_model
 
             summary: dict[str, dict[str, dict[str, float]]] = {}
+            per_query: dict[str, dict[str, Any]] = {}
             for system, model in systems.items():
                 encoder = self.cfg.train.encoder.model_copy(update={"model": model}) if system != "bm25" else None
                 results = evaluate_model(model, collections, self.dir.path("evaluate", system), split="test",
                                          top_k=e.top_k, encoder_batch_size=e.batch_size, index=e.index,
                                          encoder=encoder, num_encoders=e.num_encoders, encoder_gpus=e.encoder_gpus)
                 summary[system] = {name: r["metrics"] for name, r in results.items()}
+                per_query[system] = {name: r["per_query"] for name, r in results.items()}
             write_json(summary, self.dir.path("evaluate", "metrics.json"))
-            return {"metrics": self.dir.path("evaluate", "metrics.json")}
+            write_json(trained_vs_untrained(per_query), self.dir.path("evaluate", "verdict.json"))
+            return {"metrics": self.dir.path("evaluate", "metrics.json"),
+                    "verdict": self.dir.path("evaluate", "verdict.json")}
 
         out = self._stage("evaluate", fp, body)
+        self.verdict = storage.read_json(out["verdict"]) if "verdict" in out else []
         return storage.read_json(out["metrics"])
 
     # -- the whole run -----------------------------------------------------------------------
@@ -340,7 +346,10 @@ class Pipeline:
             raise PipelineError("nothing to evaluate: pipeline.test_fraction is 0 and evaluate.collections is empty")
         summary = self.evaluate(model_dir, collections, fingerprint(fp, fp_test))
         table = summary_table(summary)
-        write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary}, self.dir.path("summary.json"))
+        if self.verdict:
+            table += "\n\n" + "\n".join(verdict_line(v) for v in self.verdict)
+        write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary, "trained_vs_untrained": self.verdict},
+                   self.dir.path("summary.json"))
         write_text(table + "\n", self.dir.path("summary.md"))
         return PipelineResult(self.dir.root, self.stages, summary, table)
 
@@ -389,6 +398,50 @@ def synthetic_collection(generated: dict[str, str], test_queries: pa.Table, out:
     write_parquet(corpus, storage.join(out, "corpus.parquet"))
     write_parquet(qrels, storage.join(out, "qrels-test.parquet"))
     return out
+
+
+UNTRAINED = "default"  # the baseline that is the encoder before training
+
+
+def trained_vs_untrained(per_query: dict[str, dict[str, dict[str, dict[str, float]]]], measure: str = "ndcg@10",
+                         alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Per test collection: did training beat the untrained encoder, query by query? The mean
+    difference in `measure` over the queries both were scored on, wins and losses, and the two-sided
+    paired randomization test's p-value (`synrank.evaluate.compare`)."""
+    import numpy as np
+
+    from synrank.evaluate.compare import randomization_test
+
+    if "trained" not in per_query or UNTRAINED not in per_query:
+        return []
+    out = []
+    for collection, trained in per_query["trained"].items():
+        untrained = per_query[UNTRAINED].get(collection, {})
+        qids = sorted(q for q in trained if q in untrained and measure in trained[q] and measure in untrained[q])
+        if not qids:
+            continue
+        a = np.array([trained[q][measure] for q in qids])
+        b = np.array([untrained[q][measure] for q in qids])
+        p = randomization_test(a, b)
+        out.append({"collection": collection, "measure": measure, "queries": len(qids),
+                    "trained": float(a.mean()), "untrained": float(b.mean()), "difference": float((a - b).mean()),
+                    "wins": int((a > b).sum()), "losses": int((a < b).sum()), "p_value": p, "alpha": alpha,
+                    "significant": p < alpha})
+    return out
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    """One sentence: whether the trained model beats the untrained encoder on a collection."""
+    if not v["significant"]:
+        outcome = "no significant difference"
+    elif v["difference"] > 0:
+        outcome = "the trained model is significantly better"
+    else:
+        outcome = "the trained model is significantly worse"
+    return (f"{v['collection']} ({v['queries']} held-out queries): trained {v['measure']} {v['trained']:.4f} vs "
+            f"untrained {v['untrained']:.4f} ({v['difference']:+.4f}; {v['wins']} queries better, "
+            f"{v['losses']} worse), paired randomization test p = {v['p_value']:.3g}: {outcome} "
+            f"(alpha {v['alpha']:g}).")
 
 
 def summary_table(summary: dict[str, dict[str, dict[str, float]]], measures=SUMMARY_MEASURES) -> str:
