@@ -439,9 +439,13 @@ def verdict_line(v: dict[str, Any]) -> str:
     else:
         outcome = "the trained model is significantly worse"
     return (f"{v['collection']} ({v['queries']} held-out queries): trained {v['measure']} {v['trained']:.4f} vs "
-            f"untrained {v['untrained']:.4f} ({v['difference']:+.4f}; {v['wins']} queries better, "
-            f"{v['losses']} worse), paired randomization test p = {v['p_value']:.3g}: {outcome} "
+            f"untrained {v['untrained']:.4f} ({v['difference']:+.4f}; better on {_queries(v['wins'])}, "
+            f"worse on {v['losses']}), paired randomization test p = {v['p_value']:.3g}: {outcome} "
             f"(alpha {v['alpha']:g}).")
+
+
+def _queries(n: int) -> str:
+    return f"{n} query" if n == 1 else f"{n} queries"
 
 
 def summary_table(summary: dict[str, dict[str, dict[str, float]]], measures=SUMMARY_MEASURES) -> str:

@@ -19,7 +19,7 @@ def test_a_consistent_gain_is_called_significantly_better():
     assert v["queries"] == 30 and v["wins"] == 30 and v["losses"] == 0
     assert abs(v["difference"] - 0.1) < 1e-9
     assert v["significant"] and v["p_value"] < 0.001
-    assert "significantly better" in verdict_line(v) and "30 queries better" in verdict_line(v)
+    assert "significantly better" in verdict_line(v) and "better on 30 queries, worse on 0" in verdict_line(v)
 
 
 def test_a_loss_is_called_worse_and_noise_is_not_called_a_difference():
