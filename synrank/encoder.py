@@ -180,8 +180,11 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def similarity(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
-    """[Q, D] x [P, D] -> [Q, P] scores (dot; cosine when the embeddings are normalised)."""
-    return queries @ passages.T
+    """[Q, D] x [P, D] -> [Q, P] float32 scores (dot; cosine when the embeddings are normalised),
+    also under autocast: AMP would otherwise run the matmul in bf16/fp16, and the losses divide
+    these scores by a small temperature."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return queries.float() @ passages.float().T
 
 
 def batched(items: Sequence, size: int) -> Iterable[Sequence]:

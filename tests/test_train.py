@@ -208,8 +208,20 @@ def test_every_loss_trains_three_steps(loss, tiny_encoder, tmp_path):
     assert all(h["examples_per_s"] > 0 and h["lr"] > 0 for h in out["history"])
 
 
-def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, tmp_path):
+def _fail_at_step_3_then_resume(cfg, groups, tmp_path):
+    """A run of `cfg` that fails at step 3, then the run that resumes it from its checkpoints."""
     from synrank.train.loop import InjectedFault, run
+
+    faulty = cfg.model_copy(update={"fail_at_step": 3})
+    ckpts = str(tmp_path / "ckpts")
+    with pytest.raises(InjectedFault):
+        run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    resumed, _ = run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    return resumed
+
+
+def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, tmp_path):
+    from synrank.train.loop import run
 
     groups = _hand_groups(tmp_path, n=6)
     cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, max_steps=4, lr=1e-4, checkpoint_every=2,
@@ -219,11 +231,7 @@ def test_fixed_seed_reproduces_and_resume_is_exact_on_one_worker(tiny_encoder, t
     losses = [h["loss"] for h in first["history"]]
     assert [h["loss"] for h in again["history"]] == losses
     # a run that fails at step 3 resumes from its step-2 checkpoint and gives the same losses
-    faulty = cfg.model_copy(update={"fail_at_step": 3})
-    ckpts = str(tmp_path / "ckpts")
-    with pytest.raises(InjectedFault):
-        run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
-    resumed, _ = run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    resumed = _fail_at_step_3_then_resume(cfg, groups, tmp_path)
     assert resumed["resumes"] == [2]
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
@@ -246,18 +254,14 @@ def test_batches_prepared_ahead_train_exactly_as_batches_prepared_in_the_step(ti
 def test_rand1lh_draws_resume_exactly_from_a_checkpoint(tiny_encoder, tmp_path):
     """Rand1LH's random state is part of the checkpoint: with several positives per query, a run that
     fails and resumes draws the same positives, hence gives the same losses, as one that did not."""
-    from synrank.train.loop import InjectedFault, run
+    from synrank.train.loop import run
 
     groups = _scale_groups(tmp_path, [3.0, 2.0, 2.0, 3.0, 0.0], 4, "multi.parquet")
     cfg = TrainConfig(encoder=_encoder(tiny_encoder), loss="rand1lh", batch_size=2, max_steps=4, lr=1e-4,
                       checkpoint_every=2, seed=3)
     first, _ = run(cfg, groups)
     losses = [h["loss"] for h in first["history"]]
-    faulty = cfg.model_copy(update={"fail_at_step": 3})
-    ckpts = str(tmp_path / "ckpts")
-    with pytest.raises(InjectedFault):
-        run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
-    resumed, _ = run(faulty, groups, checkpoints=ckpts, out_dir=str(tmp_path))
+    resumed = _fail_at_step_3_then_resume(cfg, groups, tmp_path)
     assert resumed["resumes"] == [2]
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=0, atol=1e-6)
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import nn
 
 from synrank.config import TrainConfig
-from synrank.encoder import BiEncoder
+from synrank.encoder import BiEncoder, similarity
 from synrank.train.collate import Batch, BatchPlan, GroupShard, collate, label_matrices
 
 log = logging.getLogger(__name__)
@@ -238,13 +238,6 @@ def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch
     q_all = gathered[:, : batch.n_queries].reshape(-1, q.shape[1])
     p_all = gathered[:, batch.n_queries :].reshape(-1, q.shape[1])
     return similarity(q_all, p_all)
-
-
-def similarity(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
-    """[Q, P] float32 dot products, also under autocast (AMP would otherwise run the matmul in
-    bf16/fp16, and the losses divide these scores by a small temperature)."""
-    with torch.autocast(queries.device.type, enabled=False):
-        return queries.float() @ passages.float().T
 
 
 def build_loss(config: TrainConfig):
