@@ -53,13 +53,13 @@ def _write_table(table: pa.Table, tmp: str) -> None:
 
 def _progress_bar(path: str, enabled: bool | None, label: str) -> tqdm:
     disable = None if enabled is None else not enabled  # None: only on a terminal
-    if readers._is_parquet(path):
+    if readers.paths._is_parquet(path):
         try:
-            total = readers._parquet_dataset(path).count_rows()
+            total = readers.parquet._parquet_dataset(path).count_rows()
         except Exception:  # noqa: BLE001 - the progress total is cosmetic
             total = None
         return tqdm(total=total, unit=" docs", unit_scale=True, desc=label, disable=disable, leave=False)
-    return tqdm(total=readers._size(path), unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+    return tqdm(total=readers.paths._size(path), unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                 disable=disable, leave=False)
 
 
@@ -84,14 +84,14 @@ def _check_qrels(located: Any, query_ids: pa.ChunkedArray | None, doc_ids: pa.Ch
     table = located.table
     if query_ids is not None:
         unknown = pc.invert(pc.is_in(table.column("query_id"), value_set=query_ids))
-        first = readers._first_true(unknown)
+        first = readers.parquet._first_true(unknown)
         if first is not None:
             raise DataError(located.path, f"query id {table.column('query_id')[first].as_py()!r} is not in "
                             f"{queries_path} ({pc.sum(unknown).as_py()} qrels row(s) name unknown query ids)",
                             **located.where(first))
     if doc_ids is not None:
         unknown = pc.invert(pc.is_in(table.column("doc_id"), value_set=doc_ids))
-        first = readers._first_true(unknown)
+        first = readers.parquet._first_true(unknown)
         if first is not None:
             message = (f"{located.path}: {pc.sum(unknown).as_py()} qrels row(s) name doc ids not in {corpus_path} "
                        f"(first {table.column('doc_id')[first].as_py()!r} on {located.describe(first)}); "
@@ -120,14 +120,14 @@ def convert(
     Returns {"written": {name: path}, "counts": {name: rows}, "warnings": [...]}.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    readers._require(src)
-    readers._check_source(source)
-    if readers._exists(dst) and not readers._isdir(dst):
+    readers.paths._require(src)
+    readers.qrels._check_source(source)
+    if readers.paths._exists(dst) and not readers.paths._isdir(dst):
         raise DataError(dst, "destination exists and is not a folder")
     written: dict[str, str] = {}
     counts: dict[str, int] = {}
     notes: list[str] = []
-    is_folder = readers._isdir(src) and not readers._is_parquet(src)
+    is_folder = readers.paths._isdir(src) and not readers.paths._is_parquet(src)
     with contextlib.ExitStack() as stack:
         if not is_folder:
             kind = kind or readers.guess_kind(src)
@@ -160,7 +160,7 @@ def convert(
             counts["corpus"], doc_ids = _write_corpus(corpus_path, _stage(stack, final), progress)
             written["corpus"] = final
         for name in splits:
-            located = readers._read_qrels_located(src, name, source)
+            located = readers.qrels._read_qrels_located(src, name, source)
             _check_qrels(located, query_ids, doc_ids, queries_path, corpus_path, notes)
             final = storage.join(dst, qrels_name(name))
             _write_table(located.table, _stage(stack, final))

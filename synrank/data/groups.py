@@ -395,7 +395,7 @@ class _Corpus:
         self._bm25 = None
 
     def text(self, doc_id: str) -> str | None:
-        from synrank.encoder import format_passage
+        from synrank.text import format_passage
 
         i = self.row.get(doc_id)
         if i is None:

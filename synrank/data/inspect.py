@@ -82,7 +82,7 @@ def _qrels_stats(
 ) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        located = readers._read_qrels_located(path, split, "human", on_duplicate="keep")
+        located = readers.qrels._read_qrels_located(path, split, "human", on_duplicate="keep")
     table = located.table
     qids = table.column("query_id")
     grades = table.column("grade").to_pylist()
@@ -133,10 +133,10 @@ def inspect_path(path: str | os.PathLike, split: str | None = None, kind: str | 
     a part being None where the input has none.
     """
     path = os.fspath(path)
-    readers._require(path)
-    report: dict[str, Any] = {"path": path, "name": readers._collection_name(path),
+    readers.paths._require(path)
+    report: dict[str, Any] = {"path": path, "name": readers.paths._collection_name(path),
                               "queries": None, "corpus": None, "qrels": {}}
-    is_folder = readers._isdir(path) and not readers._is_parquet(path)
+    is_folder = readers.paths._isdir(path) and not readers.paths._is_parquet(path)
     if not is_folder:
         kind = kind or readers.guess_kind(path)
         if kind not in ("queries", "corpus", "qrels"):
