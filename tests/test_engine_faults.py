@@ -2,7 +2,7 @@
 restarted by its pool and the batch retried, so the run ends with exactly the expected rows; a
 batch that keeps failing past `engine_retries` ends in `_errors` with reason `engine_error` and
 the run still completes. Faults come from the test-only `synrank_test_*` keys of
-`EngineSpec.extra` (synrank/generate/pool.py)."""
+`EngineSpec.extra` (synrank/llm/pool.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from fixtures_generate import TEST_MAX_TOKENS, read_queries_table
 from synrank.config import GenerateConfig
 from synrank.data import schemas
-from synrank.generate.engine import EngineSpec
 from synrank.generate.pipeline import expected_doc_ids, generate
+from synrank.llm.engine import EngineSpec
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ MARKER = "zz-injected-fault-zz"
 @pytest.fixture(scope="module")
 def faulty_pool(ray_session):
     """One engine whose 2nd call of its first life raises, and which raises on any prompt with MARKER."""
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.pool import EnginePool
 
     spec = EngineSpec(model="default", backend="vllm", seed=0, max_num_seqs=32, max_model_len=1024, cpu_kv_cache_gib=1,
                       extra={"synrank_test_fail_calls": [2], "synrank_test_fail_marker": MARKER})
@@ -49,7 +49,7 @@ def _outputs(out: Path) -> tuple[pa.Table, pa.Table]:
 
 
 def _restarts(pool) -> int:
-    from synrank.generate.pool import _actor_state
+    from synrank.llm.pool import _actor_state
 
     return int(_actor_state(pool.actors[0]).get("NumRestarts", 0))
 

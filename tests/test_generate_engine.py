@@ -19,8 +19,8 @@ import pytest
 from fixtures_generate import TEST_MAX_TOKENS, read_queries_table
 from synrank.config import GenerateConfig
 from synrank.data import schemas
-from synrank.generate.engine import SamplingSpec
 from synrank.generate.pipeline import expected_doc_ids, generate
+from synrank.llm.engine import SamplingSpec
 
 pytestmark = pytest.mark.slow
 

@@ -49,7 +49,7 @@ def test_fingerprints_identify_versions():
 def test_chats_render_with_the_default_models_chat_template():
     from transformers import AutoTokenizer
 
-    from synrank.generate.engine import ChatRenderer
+    from synrank.llm.engine import ChatRenderer
     from synrank.models import resolve_generator
 
     renderer = ChatRenderer(AutoTokenizer.from_pretrained(resolve_generator("default")))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from synrank.generate.engine import Completion, EngineSpec, SamplingSpec
-from synrank.generate.pool import EngineError, PoolHandle, PoolUnavailableError, _actor_state
+from synrank.llm.engine import Completion, EngineSpec, SamplingSpec
+from synrank.llm.pool import EngineError, PoolHandle, PoolUnavailableError, _actor_state
 
 
 class _Flaky:
@@ -101,7 +101,7 @@ def test_rows_of_a_failed_engine_call_are_engine_errors(tmp_path):
     assert shard_digest_on_disk(str(tmp_path), 0) != task.digest
 
     def working(index, prompts, sampling, seeds=None):
-        from synrank.generate.engine import Completion
+        from synrank.llm.engine import Completion
 
         texts = ["Fish breathe with gills, which take oxygen from the water that flows over them.",
                  "Most fish open their mouths to pull water in and push it out past the gill slits.",

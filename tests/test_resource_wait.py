@@ -10,8 +10,8 @@ import time
 import pytest
 
 from synrank import runtime
-from synrank.generate.engine import EngineSpec
-from synrank.generate.pool import EnginePool
+from synrank.llm.engine import EngineSpec
+from synrank.llm.pool import EnginePool
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import logging
 import time
 
 
-from synrank.generate.pool import cpus_per_engine_for
+from synrank.llm.pool import cpus_per_engine_for
 from synrank.runtime import watch_progress
 
 

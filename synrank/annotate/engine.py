@@ -1,4 +1,4 @@
-"""The LLM judge on the generation stage's engines (`synrank.generate.pool.EnginePool`).
+"""The LLM judge on the shared engine pool (`synrank.llm.pool.EnginePool`).
 
 >>> pool = EnginePool.start(spec_from_config(cfg))         # or EnginePool.attach(cfg.engine_pool)
 >>> judge = EngineJudge.from_pool(pool, cfg)
@@ -35,8 +35,8 @@ class EngineFailure(str):
 class EngineJudge:
     """Judging prompts through an engine pool handle (see the module docstring)."""
 
-    handle: Any  # synrank.generate.pool.PoolHandle
-    model: str  # the model label recorded in the `model` column (the generation stage's label)
+    handle: Any  # synrank.llm.pool.PoolHandle
+    model: str  # the model label recorded in the `model` column (`synrank.llm.engine.generator_label`)
     num_engines: int = 1
     constrained: bool = True
     max_tokens: int = 8
@@ -47,7 +47,7 @@ class EngineJudge:
 
     @classmethod
     def from_pool(cls, pool: Any, cfg) -> "EngineJudge":
-        from synrank.generate.pool import PoolHandle
+        from synrank.llm.pool import PoolHandle
 
         handle = pool.handle()
         if isinstance(handle, PoolHandle):
@@ -68,7 +68,7 @@ class EngineJudge:
         return replace(self, engine_index=index % max(1, self.num_engines))
 
     def sampling(self, prompts: Sequence[JudgePrompt], attempt: int) -> Any:
-        from synrank.generate.engine import SamplingSpec
+        from synrank.llm.engine import SamplingSpec
 
         if attempt == 0:
             choices = prompts[0].choices if (self.constrained and prompts) else None
@@ -79,7 +79,7 @@ class EngineJudge:
         return SamplingSpec(max_tokens=self.max_tokens, temperature=self.retry_temperature, top_p=0.95)
 
     def __call__(self, prompts: Sequence[JudgePrompt], attempt: int) -> list[str]:
-        from synrank.generate.swap import stable_int
+        from synrank.llm.seeds import stable_int
 
         if not prompts:
             return []
@@ -87,7 +87,7 @@ class EngineJudge:
         seeds = None
         if attempt > 0 and self.per_request_seed:
             seeds = [stable_int(self.seed, p.query, p.passage, attempt) for p in prompts]
-        from synrank.generate.pool import EngineError
+        from synrank.llm.pool import EngineError
 
         try:
             completions = self.handle.generate_on(self.engine_index, [list(p.messages) for p in prompts], sampling, seeds)
@@ -105,8 +105,8 @@ class EngineJudge:
 def start_pool(cfg, address: str | None = None) -> tuple[Any, bool]:
     """The engine pool for `cfg`: the named pool `cfg.engine_pool` if set, else new engines.
     Returns (pool, owned): an owned pool is the caller's to shut down."""
-    from synrank.generate.engine import spec_from_config
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.engine import spec_from_config
+    from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray
 
     init_ray(address)

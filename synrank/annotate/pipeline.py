@@ -39,8 +39,9 @@ which Parquet readers skip: the folder itself reads as the LLM qrels (``read_qre
   a rerun judges exactly these, even if candidate selection would now give others;
 - ``_shards/part-NNNNN.parquet``: judgments of the queries of shard N (`shard_size` queries each),
   every pair of the shard, graded or failed. A shard file appears by atomic rename once complete;
-  a rerun skips complete shards and redoes the rest. A crash loses at most the shards in flight,
-  and a pair is in exactly one shard, so nothing is duplicated. ``qrels.parquet``,
+  a rerun skips complete shards and redoes the rest (`synrank.llm.shards`, by presence: the
+  manifest pins the pair list). A crash loses at most the shards in flight, and a pair is in
+  exactly one shard, so nothing is duplicated. ``qrels.parquet``,
   ``_failures.parquet`` and ``_summary.json`` are rebuilt from the shards at the end of every run,
   each atomically.
 """
@@ -60,6 +61,7 @@ from synrank.annotate.parse import parse_answer
 from synrank.annotate.prompts import JudgePrompt, build_prompt, check_version, fingerprint
 from synrank.data import schemas
 from synrank import storage
+from synrank.llm.shards import pending_shards, shard_files, shard_name, shard_path, split
 from synrank.storage import exists, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -177,15 +179,11 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _list_shards(out: str) -> set[str]:
-    return {n for n in storage.listdir(storage.join(out, SHARDS_DIR)) if n.endswith(".parquet")}
+    return shard_files(storage.join(out, SHARDS_DIR))
 
 
 def _remove_tree(path: str) -> None:
     storage.remove(path)
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
 
 
 def _pairs_hash(keys: Sequence[tuple[str, str]]) -> str:
@@ -199,8 +197,8 @@ def _pairs_hash(keys: Sequence[tuple[str, str]]) -> str:
 
 
 def _shards(query_ids: Sequence[str], shard_size: int) -> list[list[str]]:
-    order = list(dict.fromkeys(query_ids))
-    return [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
+    """The queries of each shard: `shard_size` distinct queries, in their first-seen order."""
+    return split(list(dict.fromkeys(query_ids)), shard_size)
 
 
 @dataclass
@@ -288,7 +286,7 @@ def judge_shard(shard: int, part: pa.Table, judge: Judge, settings: ShardSetting
     keys = list(zip(part.column("query_id").to_pylist(), part.column("doc_id").to_pylist()))
     passthrough = part.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
     table = _judgment_table(results, keys, passthrough, settings.schema, judge.model, settings.prompt_version)
-    write_parquet(table, storage.join(settings.out, SHARDS_DIR, shard_name(shard)))
+    write_parquet(table, shard_path(storage.join(settings.out, SHARDS_DIR), shard))
     graded = sum(1 for it in results if it.grade is not None)
     return {"shard": int(shard), "pairs": part.num_rows, "graded": graded, "failed": part.num_rows - graded,
             "requests": sum(len(it.answers) for it in results), "wall_s": round(time.perf_counter() - started, 3)}
@@ -386,9 +384,8 @@ def _plan_judging(pairs: pa.Table, out: str, base: dict[str, Any], identity: dic
     if stored_keys != keys:  # the hash matched, so this only guards against a hand-edited folder
         raise AnnotateError(f"{out}/{PAIRS_FILE} does not hold the pairs of this run; overwrite to start over")
     shards = _shards([q for q, _ in keys], shard_size)
-    done = _list_shards(out)
-    pending = [i for i in range(len(shards)) if shard_name(i) not in done]
-    unknown = done - {shard_name(i) for i in range(len(shards))}
+    pending = pending_shards(storage.join(out, SHARDS_DIR), len(shards))
+    unknown = _list_shards(out) - {shard_name(i) for i in range(len(shards))}
     if unknown:
         raise AnnotateError(f"{out}/{SHARDS_DIR} has files this run does not make: {sorted(unknown)[:3]}")
     passthrough = pairs.drop_columns(["query_id", "doc_id", *TEXT_COLUMNS])
@@ -656,7 +653,7 @@ def _judge_with(cfg, pairs: pa.Table | None, *, judge: Judge | None, pool: Any |
     if judge is not None:
         return _run_judging(pairs, cfg, cfg.out, judge.model, lambda: (judge, _nothing), **kwargs)
     from synrank.annotate.engine import EngineJudge, start_pool
-    from synrank.generate.engine import spec_from_config
+    from synrank.llm.engine import spec_from_config
 
     wanted = spec_from_config(cfg).label
     if pool is not None:
@@ -675,7 +672,7 @@ def _judge_with(cfg, pairs: pa.Table | None, *, judge: Judge | None, pool: Any |
 def _attach_texts(pairs: pa.Table, collection) -> pa.Table:
     """`pairs` with the query and passage texts of the collection (only the passages of the pairs
     are formatted)."""
-    from synrank.encoder import format_passage
+    from synrank.text import format_passage
 
     query_rows = pc.index_in(pairs.column("query_id"), value_set=collection.queries.column("query_id"))
     doc_rows = pc.index_in(pairs.column("doc_id"), value_set=collection.corpus.column("doc_id"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from synrank.cli import add_config_options
+from synrank.config import add_config_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,10 +73,10 @@ def load_config(args: argparse.Namespace):
     overrides = [o for o in overrides if not o.startswith("runtime.")]
     where = getattr(args, "config", None) or "command line"
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, GenerateConfig)
         where = f"{where} + overrides"
     if runtime_overrides:
-        runtime = apply_overrides(runtime, runtime_overrides)
+        runtime = apply_overrides(runtime, runtime_overrides, RuntimeConfig)
     for key in ("queries", "out", "model", "limit", "num_engines"):
         value = getattr(args, key, None)
         if value is not None:
@@ -106,8 +106,8 @@ def _connect(address: str | None):
 
 
 def _engines_start(args: argparse.Namespace) -> int:
-    from synrank.generate.engine import spec_from_config
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.engine import spec_from_config
+    from synrank.llm.pool import EnginePool
 
     cfg, runtime = load_config(args)
     _connect(runtime.address)
@@ -121,7 +121,7 @@ def _engines_start(args: argparse.Namespace) -> int:
 def _engines_list(args: argparse.Namespace) -> int:
     from ray.util import list_named_actors
 
-    from synrank.generate.pool import _PREFIX, NAMESPACE
+    from synrank.llm.pool import _PREFIX, NAMESPACE
 
     _connect(args.address)
     pools: dict[str, int] = {}
@@ -135,20 +135,9 @@ def _engines_list(args: argparse.Namespace) -> int:
 
 
 def _engines_stop(args: argparse.Namespace) -> int:
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.pool import EnginePool
 
     _connect(args.address)
     EnginePool.attach(args.name).shutdown()
     print(f"stopped engine pool {args.name}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m synrank.generate.cli ...` = `synrank generate ...`."""
-    from synrank.cli import main as synrank_main
-
-    return synrank_main(["generate", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

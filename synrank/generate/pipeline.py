@@ -33,13 +33,14 @@ Output folder (local path or fsspec URL):
   fingerprint, scale, sampling, validation, shard size, seed);
 - ``_report.json`` and ``_fidelity.parquet``: the report (see `synrank.generate.report`).
 
-Resumption: a shard's passage file is written last, by atomic rename, and carries the digest of
-its queries (and swap partners) in its Parquet metadata; a rerun skips every shard whose file
-exists with the digest it would write, and redoes the others. Doc ids are a stable hash of
-(query_id, level, sample, model, prompt_version), so a killed and rerun job ends with exactly
-one row per (query, level, sample) - or that row's final rejection in ``_errors`` - never a
-duplicate. A rerun with different content settings is refused (`overwrite=true` starts over);
-a different query list (e.g. a larger `limit`) keeps the shards whose queries did not change.
+Resumption (`synrank.llm.shards`, by digest): a shard's passage file is written last, by atomic
+rename, and carries the digest of its queries (and swap partners) in its Parquet metadata; a rerun
+skips every shard whose file exists with the digest it would write, and redoes the others. Doc ids
+are a stable hash of (query_id, level, sample, model, prompt_version), so a killed and rerun job
+ends with exactly one row per (query, level, sample) - or that row's final rejection in
+``_errors`` - never a duplicate. A rerun with different content settings is refused
+(`overwrite=true` starts over); a different query list (e.g. a larger `limit`) keeps the shards
+whose queries did not change.
 
 Generated text is not reproducible on CPU (vLLM seeds the engine, not requests, and batch
 composition changes the random stream); on GPU each request gets its own seed (the `seed`
@@ -57,44 +58,27 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synrank.config import GenerateConfig, RuntimeConfig
 from synrank.data import schemas
 from synrank import storage
 from synrank.storage import write_json, write_parquet
-from synrank.generate.engine import EngineSpec, SamplingSpec, model_label, spec_from_config
+from synrank.generate.layout import (ERRORS, ERRORS_DIR, FIDELITY, MANIFEST, REPORT, STATS_DIR, errors_path,
+                                     part_path, stats_path)
 from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
-from synrank.generate.pool import EngineError, PoolHandle
 from synrank.generate.prompts import get_template, level_prompt
-from synrank.generate.swap import stable_int, swap_partners
+from synrank.generate.swap import swap_partners
+from synrank.llm import shards
+from synrank.llm.engine import SamplingSpec, generator_label, spec_from_config
+from synrank.llm.pool import EngineError, PoolHandle
+from synrank.llm.seeds import stable_int
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST = "_manifest.json"
-REPORT = "_report.json"
-DIGEST_KEY = b"synrank.shard_digest"
 # Appended to the digest of a shard that lost rows to engine errors: it never matches, so a rerun
 # redoes the shard.
 ENGINE_ERROR_MARK = "+engine_error"
-
-ERRORS = pa.schema([
-    ("query_id", pa.string()),
-    ("doc_id", pa.string()),
-    ("level", pa.int8()),
-    ("sample", pa.int32()),
-    ("attempt", pa.int32()),
-    ("final", pa.bool_()),  # no attempt left: the row is missing from the passages
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-    ("text", pa.string()),  # raw model output
-    ("n_tokens", pa.int32()),
-    ("finish_reason", pa.string()),
-    ("for_query_id", pa.string()),  # the query the prompt was written for (swap: the partner)
-    ("model", pa.string()),
-    ("prompt_version", pa.string()),
-])
 
 
 class GenerateError(ValueError):
@@ -153,7 +137,7 @@ def settings_from_config(cfg: GenerateConfig, out: str) -> RunSettings:
                          repetition_penalty=cfg.repetition_penalty)
     return RunSettings(
         out=out.rstrip("/"),
-        model=model_label(cfg.model),
+        model=generator_label(cfg.model),
         prompt_version=cfg.prompt_version,
         n_levels=cfg.n_levels,
         samples_per_level=cfg.samples_per_level,
@@ -167,23 +151,7 @@ def settings_from_config(cfg: GenerateConfig, out: str) -> RunSettings:
 
 
 # --------------------------------------------------------------------------------------------
-# Paths
-
-
-def part_path(out: str, shard: int) -> str:
-    return storage.join(out, f"part-{shard:05d}.parquet")
-
-
-def errors_path(out: str, shard: int) -> str:
-    return storage.join(out, "_errors", f"part-{shard:05d}.parquet")
-
-
-def stats_path(out: str, shard: int) -> str:
-    return storage.join(out, "_stats", f"part-{shard:05d}.json")
-
-
-def _fs(out: str):
-    return storage.filesystem(out)
+# Paths (the files of a shard: `synrank.generate.layout`)
 
 
 def _list(out: str, sub: str = "") -> list[str]:
@@ -249,8 +217,7 @@ def plan_shards(queries: pa.Table, cfg: GenerateConfig, num_engines: int = 1) ->
         log.warning("level0_strategy=swap: %d queries have no other query to pair with; their level 0 is prompted",
                     len(fallbacks))
     tasks = []
-    for s, start in enumerate(range(0, len(ids), cfg.shard_size)):
-        idx = range(start, min(start + cfg.shard_size, len(ids)))
+    for s, idx in enumerate(shards.split(range(len(ids)), cfg.shard_size)):
         tasks.append(ShardTask(
             shard=s,
             engine=s % max(1, num_engines),
@@ -296,7 +263,7 @@ class ShardGenerator:
     """The engine stage of the Ray Data pipeline: one shard in, its files written, a summary out."""
 
     def __init__(self, pool: Any, settings: RunSettings) -> None:
-        self.pool = pool  # synrank.generate.pool.PoolHandle
+        self.pool = pool  # synrank.llm.pool.PoolHandle
         self.settings = settings
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -381,7 +348,7 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
     for e in errors:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     digest = task.digest + (ENGINE_ERROR_MARK if reasons.get("engine_error") else "")
-    passages = passages.replace_schema_metadata({DIGEST_KEY: digest.encode()})
+    passages = shards.with_digest(passages, digest)
     summary = {
         "shard": task.shard,
         "digest": task.digest,
@@ -414,17 +381,7 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
 
 def shard_digest_on_disk(out: str, shard: int) -> str | None:
     """The digest a finished shard file carries, or None if there is none (or it is unreadable)."""
-    path = part_path(out, shard)
-    fs, p = _fs(path)
-    try:
-        if not fs.exists(p):
-            return None
-        with fs.open(p, "rb") as handle:
-            meta = pq.read_schema(handle).metadata or {}
-        value = meta.get(DIGEST_KEY)
-        return value.decode() if value else None
-    except Exception:  # a truncated or foreign file: redo the shard
-        return None
+    return shards.read_digest(part_path(out, shard))
 
 
 def _check_manifest(out: str, settings: RunSettings, overwrite: bool) -> None:
@@ -455,17 +412,17 @@ def clear_output(out: str) -> None:
     """Remove what synrank generate writes (and nothing else) from `out`."""
     for name in _list(out):
         if (name.startswith("part-") and name.endswith(".parquet")) or name in (
-                "_errors", "_stats", MANIFEST, REPORT, "_fidelity.parquet"):
+                ERRORS_DIR, STATS_DIR, MANIFEST, REPORT, FIDELITY):
             _remove(storage.join(out, name))
 
 
 def _remove_stale(out: str, n_shards: int) -> None:
     """Shard files beyond the plan (a smaller query list than last time) would add foreign rows."""
-    for sub in ("", "_errors", "_stats"):
-        for name in _list(out, sub):
-            if name.startswith("part-") and name[5:10].isdigit() and int(name[5:10]) >= n_shards:
-                log.warning("removing %s: its queries are not in this run", storage.join(out, sub, name) if sub else storage.join(out, name))
-                _remove(storage.join(out, sub, name) if sub else storage.join(out, name))
+    for sub in ("", ERRORS_DIR, STATS_DIR):
+        folder = storage.join(out, sub) if sub else out
+        for name in shards.stale_shard_files(folder, n_shards):
+            log.warning("removing %s: its queries are not in this run", storage.join(folder, name))
+            _remove(storage.join(folder, name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +457,7 @@ def generate(
     reading `cfg.queries`."""
     import ray
 
-    from synrank.generate.pool import EnginePool
+    from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray_for, stage_options, watch_progress
 
     if not cfg.out:
@@ -524,7 +481,8 @@ def generate(
 
     _check_manifest(out, settings, cfg.overwrite)
     _remove_stale(out, len(plan.tasks))
-    todo = [t for t in plan.tasks if shard_digest_on_disk(out, t.shard) != t.digest]
+    pending = set(shards.pending_shards(out, len(plan.tasks), [t.digest for t in plan.tasks]))
+    todo = [t for t in plan.tasks if t.shard in pending]
     skipped = len(plan.tasks) - len(todo)
     log.info("%d queries in %d shards: %d done before, %d to generate", plan.n_queries, len(plan.tasks), skipped, len(todo))
 

@@ -1,7 +1,7 @@
 """Versioned prompts for graded passage generation: one template per relevance level.
 
 Every prompt is a chat (system + user message) rendered later with the model's own chat template
-(`synrank.generate.engine.ChatRenderer`). The layout is chosen for prefix caching:
+(`synrank.llm.engine.ChatRenderer`). The layout is chosen for prefix caching:
 
 - the system message is the same for every prompt of a run (the task and the whole scale),
 - the user message starts with the query, so all levels and samples of one query share it,

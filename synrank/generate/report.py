@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from synrank.generate.layout import ERRORS, FIDELITY, REPORT, errors_path, part_path, stats_path
+
 log = logging.getLogger(__name__)
 
 
 def _read_parts(out: str, n_shards: int) -> pa.Table:
     from synrank import storage
     from synrank.data import schemas
-    from synrank.generate.pipeline import part_path
 
     tables = []
     for s in range(n_shards):
@@ -40,7 +41,6 @@ def _read_parts(out: str, n_shards: int) -> pa.Table:
 
 def _read_errors(out: str, n_shards: int) -> pa.Table:
     from synrank import storage
-    from synrank.generate.pipeline import ERRORS, errors_path, part_path
 
     tables = []
     for s in range(n_shards):
@@ -52,7 +52,6 @@ def _read_errors(out: str, n_shards: int) -> pa.Table:
 
 def _read_stats(out: str, n_shards: int) -> list[dict[str, Any]]:
     from synrank import storage
-    from synrank.generate.pipeline import stats_path
 
     found = []
     for s in range(n_shards):
@@ -188,7 +187,7 @@ def build_report(out: str, plan: Any, settings: Any, run: dict[str, Any], *, fid
         try:
             fid, per_query = level_fidelity(passages, texts, swapped_level0=settings.level0_strategy == "swap",
                                             max_queries=fidelity_queries, encoder=encoder)
-            write_parquet(per_query, f"{out.rstrip('/')}/_fidelity.parquet")
+            write_parquet(per_query, f"{out.rstrip('/')}/{FIDELITY}")
             if per_query.num_rows <= 50:
                 fid["per_query_values"] = {r["query_id"]: r["spearman"] for r in per_query.to_pylist()}
         except Exception as exc:  # the report must not lose a finished run
@@ -201,7 +200,6 @@ def build_report(out: str, plan: Any, settings: Any, run: dict[str, Any], *, fid
 
 
 def write_report(out: str, report: dict[str, Any]) -> None:
-    from synrank.generate.pipeline import REPORT
     from synrank.storage import join, write_json
 
     write_json(report, join(out, REPORT))

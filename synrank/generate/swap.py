@@ -13,19 +13,14 @@ that were already there.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Sequence
+
+from synrank.llm.seeds import stable_int
 
 
 def _norm(text: str) -> str:
     return " ".join(str(text).casefold().split())
-
-
-def stable_int(*parts: object) -> int:
-    """A 63-bit integer from `parts`, the same in every process and run (unlike hash())."""
-    blob = "\x1f".join(repr(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
 
 
 def swap_partners(query_ids: Sequence[str], texts: Sequence[str], seed: int = 0, *,

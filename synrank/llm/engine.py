@@ -23,8 +23,8 @@ One bad prompt never fails a batch: prompts longer than the context are answered
 retried one by one so that only the culprit gets an `error:` completion. An engine that died
 (`EngineDeadError`) is re-raised: the caller's actor restarts it.
 
-Engines are usually not built directly but through `synrank.generate.pool.EnginePool`, which
-runs one per Ray actor.
+Engines are usually not built directly but through `synrank.llm.pool.EnginePool`, which runs one
+per Ray actor, for the generation and the annotation stage alike.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class EngineSpec:
 
     @property
     def label(self) -> str:
-        return model_label(self.model)
+        return generator_label(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,8 +136,8 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def model_label(model: str) -> str:
-    """The name a model is recorded under (the `model` column, part of every doc_id).
+def generator_label(model: str) -> str:
+    """The name an LLM is recorded under (the `model` column; in generation, part of every doc_id).
 
     `default` is the packaged SmolLM2-135M-Instruct GGUF (its quantisation is part of the name);
     a recipe (`synrank.recipes`) by its label, whichever of its names was given; a hub name stays

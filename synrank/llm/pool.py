@@ -51,7 +51,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from synrank.generate.engine import Completion, EngineSpec, Prompt, SamplingSpec, make_engine
+from synrank.llm.engine import Completion, EngineSpec, Prompt, SamplingSpec, make_engine
 
 log = logging.getLogger(__name__)
 
