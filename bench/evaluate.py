@@ -55,7 +55,7 @@ def _load(folder: Path):
 
 
 def _texts(docs) -> list[str]:
-    from synrank.encoder import format_passage
+    from synrank.text import format_passage
 
     return [format_passage(d.get("title"), d.get("text")) for d in docs]
 

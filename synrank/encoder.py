@@ -1,5 +1,6 @@
-"""The bi-encoder shared by training and evaluation: an HF encoder, pooling, normalisation, text
-formatting, and export to a sentence-transformers directory.
+"""The bi-encoder shared by training and evaluation: an HF encoder, pooling, normalisation, query
+and passage prefixes, and export to a sentence-transformers directory. Passages reach it already
+formatted (`synrank.text.format_passage`).
 
 Queries and passages go through the same weights (shared encoder); they differ only in prefix and
 maximum length. Scores are dot products of the (optionally L2-normalised) embeddings.
@@ -23,13 +24,6 @@ Kind = Literal["query", "passage"]
 
 # Written next to an exported model so that synrank reloads it with the same prefixes and lengths.
 SYNRANK_ENCODER_FILE = "synrank_encoder.json"
-
-
-def format_passage(title: str | None, text: str | None) -> str:
-    """Title and text as one string, the BEIR convention: "title text" (no title: the text)."""
-    title = (title or "").strip()
-    text = (text or "").strip()
-    return f"{title} {text}" if title else text
 
 
 class BiEncoder(nn.Module):

@@ -224,7 +224,7 @@ def test_candidates_bm25_and_dense(shared_data):
     dense = select_candidates(tiny, retriever="default", top_n=4, include_judged=False, query_ids=["1", "2"])
     assert dense.num_rows == 8 and set(dense.column("retriever").to_pylist()) == {"dense:default"}
     from synrank.annotate.candidates import _load_encoder
-    from synrank.encoder import format_passage
+    from synrank.text import format_passage
 
     enc = _load_encoder("default")
     texts = [format_passage(t, x) for t, x in zip(tiny.corpus.column("title").to_pylist(),

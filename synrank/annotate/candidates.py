@@ -71,7 +71,7 @@ def _load_encoder(name: str):
 
 
 def _passages(corpus: pa.Table) -> list[str]:
-    from synrank.encoder import format_passage
+    from synrank.text import format_passage
 
     return [format_passage(t, x) for t, x in zip(corpus.column("title").to_pylist(), corpus.column("text").to_pylist())]
 

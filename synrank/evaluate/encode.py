@@ -250,7 +250,7 @@ class _EncodeBatch:
         import time
 
         from synrank.storage import join, write_parquet
-        from synrank.encoder import format_passage
+        from synrank.text import format_passage
 
         keys = batch.column("collection").to_pylist()
         kinds = batch.column("kind").to_pylist()

@@ -126,7 +126,7 @@ _QUERY_CACHE: dict[str, dict[str, str]] = {}
 def _corpus(path: str) -> tuple[list[str], list[str]]:
     if path not in _CORPUS_CACHE:
         from synrank.data.readers import read_corpus
-        from synrank.encoder import format_passage
+        from synrank.text import format_passage
 
         table = read_corpus(path)
         ids = table.column("doc_id").to_pylist()
