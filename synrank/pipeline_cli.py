@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from synrank.cli import add_config_options
+from synrank.config import add_config_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synrank.config import RunConfig, load
+    from synrank.config import SynrankConfig, load
     from synrank.pipeline import run_pipeline
 
     overrides = list(args.overrides)
@@ -32,6 +32,6 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     if args.address:
         overrides.append(f"runtime.address={args.address}")
-    cfg = load(RunConfig, args.config, overrides)
+    cfg = load(SynrankConfig, args.config, overrides)
     run_pipeline(cfg, stop_after=args.stop_after)
     return 0

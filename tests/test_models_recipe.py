@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from synrank import models, recipes
+from synrank import model_files, models, recipes
 from synrank.models import ModelNotFound, resolve_generator
 from synrank.recipes import IntegrityError, Recipe
 
@@ -137,9 +137,9 @@ def test_install_reads_the_part_modules_converts_once_and_resolves(cache, tmp_pa
     assert calls == [recipe.gguf]
     assert resolve_generator(recipe.name) == resolve_generator("Fake/Fake-Model") == str(out)
 
-    from synrank.generate.engine import model_label
+    from synrank.llm.engine import generator_label
 
-    assert model_label(recipe.name) == model_label("Fake/Fake-Model") == "Fake/Fake-Model@Q0"
+    assert generator_label(recipe.name) == generator_label("Fake/Fake-Model") == "Fake/Fake-Model@Q0"
 
 
 def test_a_missing_part_module_is_an_error(cache, tmp_path):
@@ -196,8 +196,8 @@ def test_the_cache_key_tells_apart_files_of_the_same_name(tmp_path):
     for path, fill in ((a, b"x"), (b, b"y")):
         path.parent.mkdir()
         path.write_bytes(fill * 3000)
-    assert models.gguf_cache_name(a) != models.gguf_cache_name(b)
-    assert models.gguf_cache_name(a).startswith("m-3000-")
+    assert model_files.gguf_cache_name(a) != model_files.gguf_cache_name(b)
+    assert model_files.gguf_cache_name(a).startswith("m-3000-")
 
 
 def test_a_local_gguf_file_is_converted_once_and_reused(cache, tmp_path, monkeypatch):
@@ -207,8 +207,8 @@ def test_a_local_gguf_file_is_converted_once_and_reused(cache, tmp_path, monkeyp
     gguf = tmp_path / "my-smollm2.gguf"
     gguf.symlink_to(source)
     calls = []
-    real = models.convert_gguf
-    monkeypatch.setattr(models, "convert_gguf", lambda g, o: calls.append(g) or real(g, o))
+    real = model_files.convert_gguf
+    monkeypatch.setattr(model_files, "convert_gguf", lambda g, o: calls.append(g) or real(g, o))
 
     path = Path(resolve_generator(str(gguf)))
     assert calls == [gguf] and path.parent == cache / "models" and path.name.startswith("my-smollm2-")
@@ -217,10 +217,10 @@ def test_a_local_gguf_file_is_converted_once_and_reused(cache, tmp_path, monkeyp
     assert (path / "model.safetensors").exists() or list(path.glob("*.safetensors"))
     stamp = (path / "config.json").stat().st_mtime_ns
 
-    monkeypatch.setattr(models, "convert_gguf", lambda g, o: pytest.fail("converted a second time"))
+    monkeypatch.setattr(model_files, "convert_gguf", lambda g, o: pytest.fail("converted a second time"))
     assert resolve_generator(str(gguf)) == str(path)
     assert (path / "config.json").stat().st_mtime_ns == stamp
 
-    from synrank.generate.engine import model_label
+    from synrank.llm.engine import generator_label
 
-    assert model_label(str(gguf)) == source.name  # named by the file, wherever it lies
+    assert generator_label(str(gguf)) == source.name  # named by the file, wherever it lies

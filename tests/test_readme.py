@@ -36,12 +36,12 @@ def test_cli_reference_matches_the_cli():
 
 
 def test_every_config_the_readme_names_loads():
-    from synrank.config import RunConfig, load
+    from synrank.config import SynrankConfig, load
 
     for name in sorted(set(re.findall(r"jobs/configs/([\w-]+)\.yaml", README))):
         if name.startswith("study"):
             continue  # study configs have their own model, tested in tests/test_study*.py
-        load(RunConfig, REPO / "jobs" / "configs" / f"{name}.yaml")
+        load(SynrankConfig, REPO / "jobs" / "configs" / f"{name}.yaml")
 
 
 def test_python_m_synrank_help_runs():

@@ -31,7 +31,7 @@ import json
 import sys
 from typing import Any
 
-from synrank.cli import add_config_options
+from synrank.config import add_config_options
 
 ACTIONS = ("agreement", "merge", "consistency")
 
@@ -157,7 +157,7 @@ def _config(args: argparse.Namespace):
     overrides = [o[len("annotate."):] if o.startswith("annotate.") else o for o in getattr(args, "overrides", [])]
     where = getattr(args, "config", None) or "command line"
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, AnnotateConfig)
         where = f"{where} + overrides"
     for key in ("collection", "split", "out", "model", "candidates", "top_n", "include_judged", "limit", "n_levels"):
         value = getattr(args, key, None)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from typing import Any
 
-from synrank.cli import add_config_options
+from synrank.config import add_config_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +85,7 @@ def _config(args: argparse.Namespace):
     overrides = [o[len("evaluate."):] if o.startswith("evaluate.") else o for o in args.overrides]
     where = args.config or "command line"
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, EvaluateConfig)
         where = f"{where} + overrides"
     for key in ("model", "collections", "split", "out", "top_k", "index", "batch_size", "num_encoders"):
         value = getattr(args, key)

@@ -4,7 +4,7 @@
         groups.qrels_levels=5 groups.n_levels=3 groups.out=runs/x/groups.parquet
     synrank train --config run.yaml train.loss=wasserstein train.num_workers=2 train.out=runs/x/train
 
-Both read the run config (YAML with sections, see synrank.config.RunConfig) and take dotted
+Both read the run config (YAML with sections, see synrank.config.SynrankConfig) and take dotted
 overrides. `synrank train` uses `train.groups` when set; otherwise it first builds the groups
 described by the `groups` section into `<train.out>/groups.parquet`. `--dry-run` prints the
 resolved config and exits without starting Ray.
@@ -17,11 +17,11 @@ import json
 import sys
 
 from synrank import storage
-from synrank.config import RunConfig, load, to_yaml
+from synrank.config import SynrankConfig, load, to_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from synrank.cli import add_config_options
+    from synrank.config import add_config_options
 
     groups = subparsers.add_parser(
         "groups",
@@ -44,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_train)
 
 
-def _load(args: argparse.Namespace) -> RunConfig:
-    return load(RunConfig, args.config, args.overrides)
+def _load(args: argparse.Namespace) -> SynrankConfig:
+    return load(SynrankConfig, args.config, args.overrides)
 
 
-def _build_groups(run: RunConfig, out: str) -> str:
+def _build_groups(run: SynrankConfig, out: str) -> str:
     from synrank.data.groups import build_groups_to
 
     stats = build_groups_to(run.groups, out)
