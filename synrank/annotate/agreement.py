@@ -10,11 +10,11 @@ Only pairs labelled by both are compared; the pairs only one side labelled are c
 the LLM's pairs that people never judged can be counted as human grade 0 (`unjudged_as=0`, the TREC
 convention), which is what a retrieval metric would assume.
 
-Cohen's kappa (Cohen 1960; weighted, Cohen 1968): with observed proportions O[i][j], expected
-proportions E[i][j] = row_i * col_j (product of the marginals) and disagreement weights w[i][j],
-kappa = 1 - sum(w * O) / sum(w * E). Unweighted: w = 1 off the diagonal; linear: |i - j| / (k - 1);
-quadratic: (i - j)^2 / (k - 1)^2. Undefined (None) when sum(w * E) is 0, i.e. both raters used one
-and the same grade for everything.
+Cohen's kappa (Cohen 1960; weighted, Cohen 1968), computed by scikit-learn's `cohen_kappa_score`:
+with observed proportions O[i][j], expected proportions E[i][j] = row_i * col_j (product of the
+marginals) and disagreement weights w[i][j], kappa = 1 - sum(w * O) / sum(w * E). Unweighted: w = 1
+off the diagonal; linear: |i - j|; quadratic: (i - j)^2 (any common scale gives the same kappa).
+Undefined (None) when sum(w * E) is 0, i.e. both raters used one and the same grade for everything.
 
 "Positive" is the upper half of the scale, as the 2-level collapse defines it (4 levels: grades 2
 and 3), unless `positive_threshold` says otherwise: precision = P(human positive | LLM positive),
@@ -46,34 +46,25 @@ def confusion_matrix(rows: Iterable[int], cols: Iterable[int], n_levels: int) ->
     return m
 
 
-def weights(n_levels: int, weighting: str = "none") -> np.ndarray:
-    """Disagreement weights w[i][j] (0 on the diagonal, 1 at the largest disagreement)."""
-    i, j = np.indices((n_levels, n_levels))
-    if weighting == "none":
-        return (i != j).astype(float)
-    if weighting == "linear":
-        return np.abs(i - j) / (n_levels - 1)
-    if weighting == "quadratic":
-        return (i - j) ** 2 / (n_levels - 1) ** 2
-    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-
-
 def cohens_kappa(confusion: np.ndarray | Sequence[Sequence[int]], weighting: str = "none") -> float | None:
-    """Cohen's kappa of a square confusion matrix of counts; None when undefined (no data, or
-    chance disagreement is 0)."""
+    """Cohen's kappa of a square confusion matrix of counts, by scikit-learn's ``cohen_kappa_score``;
+    None when undefined (no data, or chance disagreement is 0)."""
+    from sklearn.metrics import cohen_kappa_score
+
     m = np.asarray(confusion, dtype=float)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {m.shape}")
-    total = m.sum()
-    if total <= 0 or m.shape[0] < 2:
+    if m.sum() <= 0 or m.shape[0] < 2:
         return None
-    observed = m / total
-    expected = np.outer(observed.sum(1), observed.sum(0))
-    w = weights(m.shape[0], weighting)
-    chance = float((w * expected).sum())
-    if chance <= 1e-15:
-        return None
-    return float(1.0 - (w * observed).sum() / chance)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if np.count_nonzero(m) == 1 and np.count_nonzero(np.diag(m)) == 1:
+        return None  # both raters used one and the same grade for everything: no chance disagreement
+    # one labelled pair per cell, weighted by its count: the matrix itself, without expanding it
+    rows, cols = np.indices(m.shape)
+    kappa = cohen_kappa_score(rows.ravel(), cols.ravel(), labels=np.arange(m.shape[0]), sample_weight=m.ravel(),
+                              weights=None if weighting == "none" else weighting)
+    return None if math.isnan(kappa) else float(kappa)
 
 
 def positive_grades(n_levels: int, threshold: int | None = None) -> set[int]:

@@ -44,7 +44,8 @@ from torch import nn
 
 from synrank.config import TrainConfig
 from synrank.encoder import BiEncoder, similarity
-from synrank.train.collate import Batch, BatchPlan, GroupShard, collate, label_matrices
+from synrank.losses.labels import label_matrices
+from synrank.train.collate import Batch, BatchPlan, GroupShard, collate
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +65,23 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather along dim 0 whose backward sums the incoming gradients of every worker and returns
-    this worker's rows (all_reduce + slice: works on gloo, which has no reduce_scatter)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world = dist.get_world_size()
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        x = x.contiguous()
-        out = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(out, x)
-        return torch.cat(out, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` of every worker (rank order) along dim 0, differentiably; identity alone."""
-    return _GatherWithGrad.apply(x) if _distributed() else x
+    """Concatenate ``x`` of every worker (rank order) along dim 0, differentiably; identity alone.
+
+    torch's autograd all-gather: its backward sums the incoming gradients of every worker and
+    returns this worker's rows (reduce-scatter on NCCL, scatters on gloo)."""
+    if not _distributed():
+        return x
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    # torch 2.13 deprecates this public function for one in a private module
+    # (torch.distributed._functional_collectives); it does the job on every torch this project allows.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                                FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
@@ -583,7 +578,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 def run(config: TrainConfig, groups_path: str, *, checkpoints: str | None = None,
         out_dir: str | None = None) -> tuple[dict[str, Any], LocalContext]:
     """The loop in this process, without Ray (one worker, the whole table)."""
-    from synrank.train.trainer import with_positive_threshold
+    from synrank.train.ingest import with_positive_threshold
 
     ctx = LocalContext(checkpoints, use_gpu=config.use_gpu)
     config = with_positive_threshold(config, groups_path)
