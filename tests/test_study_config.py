@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from synrank.config import ConfigError
-from synrank.study.config import StudyConfig, absolutize, load_study
+from synrank.study.config import StudyConfig, absolutize
+from synrank.study.load import load_study
 from synrank.study.space import TrialSpec, expand, tunable_points
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +194,7 @@ def test_dev_score_of_a_train_checkpoint(tmp_path, shared_data) -> None:
 
     docs = [json.loads(line) for line in (coll / "corpus.jsonl").read_text().splitlines()]
     queries = {json.loads(line)["_id"]: json.loads(line)["text"] for line in (coll / "queries.jsonl").read_text().splitlines()}
-    from synrank.encoder import format_passage
+    from synrank.text import format_passage
 
     p = encoder.encode([format_passage(d["title"], d["text"]) for d in docs], "passage")
     qids = list(queries)

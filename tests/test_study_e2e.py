@@ -34,7 +34,7 @@ def _mtimes(study_dir: Path) -> dict[str, float]:
 def tiny_study(ray_session, shared_data, tmp_path_factory):
     """study-tiny.yaml run once for this module: (study_dir, StudyResult). Its report has the
     default reference systems (the untrained encoder and BM25)."""
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
     from synrank.study.driver import run_study
 
     here = os.getcwd()
@@ -48,7 +48,7 @@ def tiny_study(ray_session, shared_data, tmp_path_factory):
 
 
 def test_study_tiny_end_to_end_then_restore(tiny_study, shared_data, monkeypatch) -> None:
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
     from synrank.study.driver import run_study
 
     monkeypatch.chdir(REPO)
@@ -180,7 +180,7 @@ def test_reference_systems_in_the_tiny_study_report(tiny_study, monkeypatch) -> 
 def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_data, tmp_path, monkeypatch) -> None:
     """One configuration's training raises at step 1; the other trial completes, evaluated through
     the evaluation stage (Ray Data encoders); the failure is in Tune, status.json and the report."""
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
     from synrank.study.driver import run_study
 
     monkeypatch.chdir(REPO)
@@ -232,7 +232,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
 
 def test_changed_study_in_the_same_directory_is_refused(shared_data, tmp_path) -> None:
     from synrank.config import ConfigError
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
     from synrank.study.driver import _check_same_study, _comparable
     from synrank.study.store import StudyStore
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from synrank.config import EncoderConfig, GroupsConfig, TrainConfig
-from synrank.train.collate import BatchPlan, Group, GroupShard, collate, label_matrices
+from synrank.losses.labels import label_matrices
+from synrank.train.collate import BatchPlan, Group, GroupShard, collate
 from synrank.train.loop import lr_lambda
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from synrank.train.collate import Group, collate, label_matrices
+from synrank.losses.labels import label_matrices
+from synrank.train.collate import Group, collate
 
 
 def _random_groups(rng: np.random.Generator, n_queries: int, max_size: int, n_docs: int) -> list[Group]:

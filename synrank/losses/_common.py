@@ -69,8 +69,8 @@ def check_seed(name: str, value: object) -> int | None:
 
 
 @dataclass
-class Batch:
-    """Validated inputs in the compute dtype.
+class LossInputs:
+    """One loss call's validated inputs, in the compute dtype.
 
     ``z`` = scores / temperature and ``labels`` are [B, N] in ``dtype`` (float64 when the scores are
     float64 or the loss asks for it, else float32); ``out_dtype`` is the dtype of the returned
@@ -149,14 +149,14 @@ def prepare(
     mask: object,
     temperature: float,
     dtype: torch.dtype | None = None,
-) -> Batch:
+) -> LossInputs:
     """Validate, cast to the compute dtype (``dtype``, or :func:`compute_dtype` of the scores) and
     divide the scores by the temperature."""
     scores, labels, mask = validate(scores, labels, mask)
     out_dtype = compute_dtype(scores)
     dtype = dtype or out_dtype
     z = scores.to(dtype) / temperature
-    return Batch(
+    return LossInputs(
         scores=scores,
         z=z,
         labels=labels.to(dtype),
@@ -201,7 +201,7 @@ def masked_log_softmax(x: Tensor, member: Tensor) -> Tensor:
     return torch.where(member, x - lse.unsqueeze(1), torch.zeros_like(x))
 
 
-def mean_over_contributing(per_query: Tensor, contributes: Tensor, batch: Batch) -> Tensor:
+def mean_over_contributing(per_query: Tensor, contributes: Tensor, batch: LossInputs) -> Tensor:
     """Mean of ``per_query`` over the rows where ``contributes`` is True.
 
     When no row contributes the result is 0 and still attached to the graph (its gradient w.r.t.
@@ -212,7 +212,7 @@ def mean_over_contributing(per_query: Tensor, contributes: Tensor, batch: Batch)
     return total / count + graph_zero(batch)
 
 
-def graph_zero(batch: Batch) -> Tensor:
+def graph_zero(batch: LossInputs) -> Tensor:
     """A zero of the compute dtype that is attached to the scores' graph."""
     return batch.scores.sum().to(batch.dtype) * 0.0
 
@@ -260,7 +260,7 @@ class RankingLoss(nn.Module):
             return graph_zero(batch).to(batch.out_dtype)
         return self.compute(batch).to(batch.out_dtype)
 
-    def compute(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
+    def compute(self, batch: LossInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def config(self) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import Batch, RankingLoss, masked_logsumexp, mean_over_contributing
+from ._common import LossInputs, RankingLoss, masked_logsumexp, mean_over_contributing
 
 
 class InfoNCELoss(RankingLoss):
@@ -56,7 +56,7 @@ class InfoNCELoss(RankingLoss):
 
     name = "infonce"
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         z, labels, valid = batch.z, batch.labels, batch.valid
         # Labels are >= 0, so -1 ranks masked candidates below every valid one.
         ranked = torch.where(valid, labels, torch.full_like(labels, -1.0))

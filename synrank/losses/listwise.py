@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._common import (
-    Batch,
+    LossInputs,
     RankingLoss,
     check_at_least,
     masked_log_softmax,
@@ -68,7 +68,7 @@ class KLDivergenceLoss(RankingLoss):
 
     name = "kl"
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         log_q = masked_log_softmax(batch.z, batch.valid)
         log_t = masked_log_softmax(batch.labels / self.target_temperature, batch.valid)
         t = torch.where(batch.valid, log_t.exp(), torch.zeros_like(log_t))
@@ -136,7 +136,7 @@ class WassersteinLoss(RankingLoss):
         p_checked = check_at_least("p", p, 1.0)
         self.p = int(p_checked) if p_checked.is_integer() else p_checked
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         valid = batch.valid
         q = masked_softmax(batch.z, valid)  # masked candidates: weight 0
         t = masked_softmax(batch.labels / self.target_temperature, valid)

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._common import (
-    Batch,
+    LossInputs,
     RankingLoss,
     check_bool,
     check_seed,
@@ -26,7 +26,7 @@ from ._common import (
 )
 
 
-def _positives(batch: Batch, threshold: float) -> tuple[Tensor, Tensor]:
+def _positives(batch: LossInputs, threshold: float) -> tuple[Tensor, Tensor]:
     """(P, N) as bool [B, N]."""
     pos = batch.valid & (batch.labels >= threshold)
     return pos, batch.valid & ~pos
@@ -78,7 +78,7 @@ class JointLHLoss(RankingLoss):
         super().__init__(**shared)
         self.normalize = check_bool("normalize", normalize)
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         pos, _ = _positives(batch, self.positive_threshold)
         lse_v, _ = masked_logsumexp(batch.z, batch.valid)
         terms = torch.where(pos, lse_v.unsqueeze(1) - batch.z, torch.zeros_like(batch.z))
@@ -128,7 +128,7 @@ class SumMargLHLoss(RankingLoss):
 
     name = "summarglh"
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         pos, _ = _positives(batch, self.positive_threshold)
         lse_v, _ = masked_logsumexp(batch.z, batch.valid)
         lse_p, has_pos = masked_logsumexp(batch.z, pos)
@@ -176,7 +176,7 @@ class LSEPairLoss(RankingLoss):
 
     name = "lsepair"
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         pos, neg = _positives(batch, self.positive_threshold)
         lse_n, has_neg = masked_logsumexp(batch.z, neg)
         lse_p_neg, has_pos = masked_logsumexp(-batch.z, pos)
@@ -265,7 +265,7 @@ class Rand1LHLoss(RankingLoss):
         hit = pos & (rank == (k + 1).unsqueeze(1))
         return hit.to(torch.uint8).argmax(dim=1)
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         pos, neg = _positives(batch, self.positive_threshold)
         r = self.draw(pos).unsqueeze(1)
         has_pos = pos.any(dim=1)

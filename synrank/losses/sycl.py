@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import Batch, RankingLoss, graph_zero, masked_softmax
+from ._common import LossInputs, RankingLoss, graph_zero, masked_softmax
 
 #: Added to every eigenvalue before its square root (as in the released code).
 EIG_EPS = 1e-15
@@ -118,7 +118,7 @@ class SyCLW2Loss(RankingLoss):
 
     internal_dtype = torch.float64
 
-    def compute(self, batch: Batch) -> Tensor:
+    def compute(self, batch: LossInputs) -> Tensor:
         z, labels, valid = batch.z, batch.labels, batch.valid
         if not bool(batch.nonempty.all()):
             rows = batch.nonempty.nonzero().squeeze(1)

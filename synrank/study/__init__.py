@@ -16,7 +16,8 @@ subsets, in-process scoring), ``synthetic`` (generation once for the training qu
 ``store`` (the study directory layout), ``cli`` (``synrank study``).
 """
 
-from synrank.study.config import StudyConfig, load_study
+from synrank.study.config import StudyConfig
+from synrank.study.load import load_study
 
 __all__ = ["StudyConfig", "load_study", "run_study", "write_report"]
 

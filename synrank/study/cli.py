@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synrank.cli import add_config_options
+from synrank.config import add_config_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def _study(args: argparse.Namespace) -> int:
     if not args.config:
         print("synrank study: --config FILE is required (see jobs/configs/study-*.yaml)", file=sys.stderr)
         return 2
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
     from synrank.study.driver import run_study
 
     study = load_study(args.config, overrides)
@@ -79,7 +79,7 @@ def _report(study_dir: str, config: str | None, overrides: list[str]) -> int:
     from synrank.study.store import StudyStore
 
     if config:
-        from synrank.study.config import load_study
+        from synrank.study.load import load_study
 
         study = load_study(config, overrides)
     else:  # the study as it was run, with e.g. report.baseline changed by overrides

@@ -2,14 +2,14 @@
 
 A study is a set of *configurations* (a loss with its parameters, a number of relevance levels, a
 label source, and any tunables), each trained once per seed. Everything not varied comes from
-``base``, a full :class:`synrank.config.RunConfig` (groups, train, evaluate, runtime sections).
+``base``, a full :class:`synrank.config.SynrankConfig` (groups, train, evaluate, runtime sections).
 
->>> study = load_study("jobs/configs/study-tiny.yaml", ["space.seeds=[0,1]"])   # doctest: +SKIP
+>>> study = load_study("jobs/configs/study-tiny.yaml", ["space.seeds=[0,1]"])   # synrank.study.load; doctest: +SKIP
 
 Keys (all also settable as dotted overrides, e.g. ``search.num_samples=8 base.train.max_steps=20``):
 
 - ``name``, ``study_dir`` (local path or fsspec URL): every output lives under ``study_dir``.
-- ``base``: the fixed settings (a RunConfig; ``run_dir`` is ignored).
+- ``base``: the fixed settings (a SynrankConfig; ``run_dir`` is ignored).
 - ``space``: ``losses`` (names, or ``{name, params, label}``), ``n_levels``, ``sources``,
   ``seeds``, ``tunables`` (dotted key -> ``{grid|choice: [...]}`` or ``{uniform|loguniform|randint:
   [lo, hi]}``; ``loss.X`` is short for ``train.loss_params.X``).
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from synrank.config import ConfigError, RunConfig, Section
+from synrank.config import ConfigError, SynrankConfig, Section
 
 SOURCES = ("synthetic", "human", "llm", "mixed")
 MEASURES = ("ndcg@10", "ndcg@100", "recall@100", "mrr@10", "map")
@@ -308,7 +308,7 @@ class SyntheticConfig(Section):
 class StudyConfig(Section):
     name: str = "study"
     study_dir: str = "runs/study"
-    base: RunConfig = RunConfig()
+    base: SynrankConfig = SynrankConfig()
     space: SpaceConfig = SpaceConfig()
     search: SearchConfig = SearchConfig()
     asha: AshaConfig = AshaConfig()
@@ -370,7 +370,7 @@ class StudyConfig(Section):
 
 
 def canonical_key(key: str) -> str:
-    """`loss.temperature` -> `train.loss_params.temperature`; other keys must name a RunConfig section."""
+    """`loss.temperature` -> `train.loss_params.temperature`; other keys must name a SynrankConfig section."""
     if key.startswith("loss."):
         return "train.loss_params." + key[len("loss."):]
     section = key.split(".", 1)[0]
@@ -394,8 +394,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _build(data: dict[str, Any], where: str) -> StudyConfig:
-    """synrank.config.build, with whole-study checks reported without echoing the whole config."""
+def build_study(data: dict[str, Any], where: str) -> StudyConfig:
+    """A StudyConfig from parsed YAML (`synrank.config.build` for studies), with whole-study checks
+    reported without echoing the whole config; `where` names the source in errors."""
     from synrank.config import _check_keys
 
     _check_keys(StudyConfig, data, "", where)
@@ -411,26 +412,6 @@ def _build(data: dict[str, Any], where: str) -> StudyConfig:
             else:
                 lines.append(f"{where}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-
-
-def load_study(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> StudyConfig:
-    """Load a StudyConfig from YAML plus dotted overrides; problems raise ConfigError naming the key."""
-    from synrank.config import apply_overrides, load_yaml
-
-    data = load_yaml(path) if path else {}
-    where = str(path) if path else "config"
-    if overrides:
-        data = apply_overrides(data, overrides)
-        where = f"{where} + overrides" if path else "overrides"
-    study = _build(data, where)
-    # Every configuration must make a valid RunConfig; say so now, not in a trial an hour later.
-    from synrank.study.space import expand
-
-    try:
-        expand(study)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return study
 
 
 def _abs(path: str | None) -> str | None:

@@ -18,20 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from synrank.config import ConfigError, to_yaml
 from synrank.study.config import StudyConfig
+from synrank.study.errors import summarize_error
 from synrank.study.space import TrialSpec, expand, tune_param_space
 from synrank.study.store import StudyStore
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"
-VIEWS_FILE = "views.json"
 STATUS = "status.json"
 TRIAL_DRIVER_MEMORY = 512 * 1024**2  # bytes: torch, the tokenizer and one encoder for export
 
@@ -219,7 +218,7 @@ def run_study(study: StudyConfig, *, address: str | None = None, fresh: bool = F
 
     ensure_synthetic(study, store, address)
     views = {part: [v.to_dict() for v in vs] for part, vs in resolve_views(study).items()}
-    store.write_json(views, store.path("data", VIEWS_FILE))
+    store.write_json(views, store.views_path)
 
     concurrency = max_concurrent(study, resources.num_cpus, resources.num_gpus)
     trainable = _trainable(study, views)
@@ -325,24 +324,6 @@ def _record(grid, study: StudyConfig, store: StudyStore, started_at: float) -> t
                                                                     if isinstance(v, (int, float, str))}))
     outcomes.sort(key=lambda o: o.trial_id)
     return outcomes, new_trials
-
-
-_EXC_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Fault|Exit|Interrupt)): ?(.*)$")
-
-
-def summarize_error(text: str) -> str:
-    """The innermost exception line of a (Ray-wrapped) traceback: ``Type: message`` (with the next
-    line when the message continues there)."""
-    lines = [ln.rstrip() for ln in (text or "").splitlines()]
-    for i in range(len(lines) - 1, -1, -1):
-        m = _EXC_LINE.match(lines[i])
-        if m and not m.group(1).startswith("RayTaskError"):
-            msg = m.group(2).strip()
-            if (not msg or msg.endswith(":")) and i + 1 < len(lines) and lines[i + 1].strip():
-                msg = f"{msg} {lines[i + 1].strip()}".strip()
-            return f"{m.group(1).rsplit('.', 1)[-1]}: {msg}" if msg else m.group(1).rsplit(".", 1)[-1]
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    return first[:300]
 
 
 def _error_text(error: BaseException) -> str:

@@ -80,7 +80,7 @@ def _finite(x: Any) -> bool:
 
 
 def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
-    from synrank.study.report import pretty, seed_values
+    from synrank.study.results import pretty, seed_values
 
     plt = _plt()
     m = study.report.measure
@@ -160,7 +160,7 @@ def plot_by_objective(store: StudyStore, study: StudyConfig, tables, trials) -> 
 
 
 def plot_heatmap(store: StudyStore, study: StudyConfig, tables, trials) -> str | None:
-    from synrank.study.report import pretty
+    from synrank.study.results import pretty
 
     plt = _plt()
     m = study.report.measure
@@ -267,7 +267,7 @@ def plot_training_curves(store: StudyStore, study: StudyConfig, tables, trials) 
 
 def write_plots(store: StudyStore, study: StudyConfig, tables, trials) -> dict[str, str]:
     """{title: path} of the plots that have data."""
-    from synrank.study.report import pretty
+    from synrank.study.results import pretty
 
     out = {}
     for title, fn in ((f"{pretty(study.report.measure)} per objective and collection", plot_by_objective),

@@ -87,9 +87,8 @@ def reference_views(store: StudyStore, study: StudyConfig) -> list:
     """The test views the trials were scored on (``data/views.json``); resolved from the study when
     the directory has none (a study that never started)."""
     from synrank.study.collections import View, resolve_views
-    from synrank.study.driver import VIEWS_FILE
 
-    saved = store.read_json_or(store.path("data", VIEWS_FILE))
+    saved = store.read_json_or(store.views_path)
     if saved is not None:
         return [View.from_dict(v) for v in saved.get(PART, [])]
     return list(resolve_views(study)[PART])

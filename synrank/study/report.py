@@ -42,84 +42,13 @@ from typing import Any
 import numpy as np
 
 from synrank.study.config import StudyConfig
+from synrank.study.errors import summarize_error
+from synrank.study.results import Configuration, Trial, group_configurations, load_trials, pretty, seed_values
 from synrank.study.store import StudyStore
 
 log = logging.getLogger(__name__)
 
 UP, DOWN = "▲", "▼"
-
-
-# --------------------------------------------------------------------------------------------------
-# loading
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    config_id: str
-    axes: dict[str, Any]
-    seed: int
-    status: str  # completed | failed | stopped | incomplete
-    error: str | None = None
-    result: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last: dict[str, Any] | None = None  # the last metrics Tune saw (early-stopped trials)
-
-    def metric(self, part: str, coll: str, measure: str) -> float | None:
-        if not self.result:
-            return None
-        v = self.result.get("metrics", {}).get(part, {}).get(coll, {}).get(measure)
-        return None if v is None else float(v)
-
-
-@dataclass
-class Configuration:
-    config_id: str
-    axes: dict[str, Any]
-    trials: list[Trial]
-
-    @property
-    def completed(self) -> list[Trial]:
-        return sorted((t for t in self.trials if t.status == "completed"), key=lambda t: t.seed)
-
-
-def load_trials(store: StudyStore) -> list[Trial]:
-    from synrank.study.trial import HISTORY, RESULT, TRIAL
-
-    trials = []
-    for tid in store.trial_ids():
-        meta = store.read_json_or(store.trial_file(tid, TRIAL))
-        if meta is None:
-            continue
-        result = store.read_json_or(store.trial_file(tid, RESULT))
-        status_file = store.read_json_or(store.trial_file(tid, "status.json")) or {}
-        error = None
-        if result and result.get("status") == "completed":
-            status = "completed"
-        elif status_file.get("status") in ("failed", "stopped"):
-            status = status_file["status"]
-            error = status_file.get("error")
-        elif store.exists(store.trial_file(tid, "error.txt")):
-            status = "failed"
-        else:
-            status = "incomplete"
-        if status == "failed" and not error:
-            with_error = store.trial_file(tid, "error.txt")
-            if store.exists(with_error):
-                from synrank import storage
-
-                error = storage.read_text(with_error)
-        history = (store.read_json_or(store.trial_file(tid, HISTORY)) or {}).get("steps", [])
-        trials.append(Trial(tid, meta["config_id"], meta["axes"], int(meta["seed"]), status, error, result, history,
-                            status_file.get("last_metrics")))
-    return trials
-
-
-def group_configurations(trials: list[Trial]) -> list[Configuration]:
-    by: dict[str, Configuration] = {}
-    for t in trials:
-        by.setdefault(t.config_id, Configuration(t.config_id, t.axes, [])).trials.append(t)
-    return list(by.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,21 +67,6 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float
 
     half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
     return m, m - half, m + half
-
-
-def seed_values(config: Configuration, part: str, colls: list[str], measure: str, coll: str) -> list[float]:
-    """One value per completed seed: the collection's measure, or for ``average`` the mean over `colls`."""
-    out = []
-    for t in config.completed:
-        if coll == "average":
-            vals = [t.metric(part, c, measure) for c in colls]
-            if vals and all(v is not None for v in vals):
-                out.append(float(np.mean(vals)))
-        else:
-            v = t.metric(part, coll, measure)
-            if v is not None:
-                out.append(v)
-    return out
 
 
 def per_query_mean(store: StudyStore, config: Configuration, part: str, coll: str, measure: str) -> dict[str, float]:
@@ -398,13 +312,6 @@ def _md_table(header: list[str], rows: list[list[str]], right: set[int] | None =
     return "\n".join(lines)
 
 
-_PRETTY = {"ndcg@10": "nDCG@10", "ndcg@100": "nDCG@100", "recall@100": "R@100", "mrr@10": "MRR@10", "map": "MAP"}
-
-
-def pretty(measure: str) -> str:
-    return _PRETTY.get(measure, measure)
-
-
 def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], t: Tables,
                     plots: dict[str, str]) -> str:
     rep = study.report
@@ -517,8 +424,6 @@ def render_markdown(store: StudyStore, study: StudyConfig, trials: list[Trial], 
     if bad:
         lines.append("## Trials without results")
         lines.append("")
-        from synrank.study.driver import summarize_error
-
         rows = [[x.trial_id, x.status, _first_line(summarize_error(x.error)) if x.error else
                  (_stopped_reason(x, m) if x.status == "stopped" else "not finished (interrupted?)")]
                 for x in bad]
@@ -598,8 +503,6 @@ def _query_counts(trials: list[Trial]) -> dict[tuple[str, str], int]:
 def trials_csv(trials: list[Trial]) -> str:
     rows, fields = [], ["trial_id", "config_id", "seed", "status", "error"]
     for t in trials:
-        from synrank.study.driver import summarize_error
-
         row: dict[str, Any] = {"trial_id": t.trial_id, "config_id": t.config_id, "seed": t.seed, "status": t.status,
                                "error": _first_line(summarize_error(t.error)) if t.error else ""}
         for k, v in t.axes.items():
@@ -641,9 +544,9 @@ def write_report(study_dir: str, study: StudyConfig | None = None) -> dict[str, 
     references = ensure_references(store, study) if study.report.references and _collections(trials, "test", study) else []
     tables = build_tables(store, study, trials, references)
     out = store.report_dir
-    from synrank.study import plots as plots_mod
+    from synrank.study.plots import write_plots
 
-    plot_files = plots_mod.write_plots(store, study, tables, trials)
+    plot_files = write_plots(store, study, tables, trials)
     md = render_markdown(store, study, trials, tables,
                          {title: os.path.relpath(path, out) if store.local else path.rsplit("/report/", 1)[-1]
                           for title, path in plot_files.items()})
@@ -670,6 +573,6 @@ def load_saved_study(store: StudyStore, overrides: list[str] | None = None) -> S
     data = yaml.safe_load(storage.read_text(store.config_path)) or {}
     where = store.config_path
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, StudyConfig)
         where += " + overrides"
     return build(StudyConfig, data, where=where)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from synrank.config import ConfigError, RunConfig, apply_overrides, build
+from synrank.config import ConfigError, SynrankConfig, apply_overrides, build
 from synrank.study.config import LossSpec, StudyConfig, Tunable, _fmt
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
@@ -84,7 +84,7 @@ class TrialSpec:
 
     # ---- the run it makes
 
-    def run_config(self, base: RunConfig) -> RunConfig:
+    def run_config(self, base: SynrankConfig) -> SynrankConfig:
         """``base`` with this trial's loss, levels, source, seed and tunables applied."""
         data = base.model_dump(mode="json")
         data["groups"]["source"] = self.source
@@ -94,7 +94,7 @@ class TrialSpec:
         data["train"]["loss_params"] = {**data["train"].get("loss_params", {}), **self.loss.params}
         data["train"]["seed"] = self.seed
         data = apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in self.tunables.items()])
-        return build(RunConfig, data, where=f"trial {self.trial_id}")
+        return build(SynrankConfig, data, where=f"trial {self.trial_id}")
 
 
 def _plain(v: Any) -> Any:

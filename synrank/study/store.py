@@ -6,10 +6,11 @@
       study.yaml                    the StudyConfig as run
       data/groups/<key>.parquet     training groups, shared by the trials with the same key
       data/queries.json             the resolved evaluation query subsets
+      data/views.json               the dev and test views every trial is scored on
       tune/                         the Ray Tune experiment (Tuner.restore reads it)
       train/<trial_id>/             the Ray Train run of each trial (its checkpoints)
       trials/<trial_id>/
-        trial.json                  the trial's spec, axes and full RunConfig
+        trial.json                  the trial's spec, axes and full SynrankConfig
         history.json                training curve: one record per optimizer step
         dev_history.json            dev measure during training (ASHA), when on
         per_query/<split>/<coll>.json   {query_id: {measure: value}}
@@ -62,6 +63,11 @@ class StudyStore:
     @property
     def train_storage(self) -> str:
         return self.path("train")
+
+    @property
+    def views_path(self) -> str:
+        """The study's dev and test views, as the trials were scored on them (references reuse them)."""
+        return self.path("data", "views.json")
 
     def groups_path(self, key: str) -> str:
         return self.path("data", "groups", f"{key}.parquet")

@@ -6,12 +6,12 @@
 1. builds the training groups for (source, levels, seed) -- or reuses them: they are cached in the
    study directory under a key of the full groups config, built once under a file lock, and shared
    by every trial (and every loss) with the same key;
-2. builds a ``TorchTrainer`` around ``synrank.train.loop.train_loop_per_worker`` and fits it in a
-   helper thread. A Ray Train callback puts every report of rank 0 (and its checkpoint) on a queue;
-   this thread forwards each one to Tune with ``tune.report`` (so Tune's schedulers see the training
-   metrics), and, when early stopping is on, first scores the checkpoint on the dev collections
-   (``dev/<measure>``, ``dev_evals``). The Train run lives at ``<study>/train/<trial_id>`` and
-   resumes from its last checkpoint if the trial is started again;
+2. builds the training stage's ``TorchTrainer`` (``synrank.train.trainer.build_trainer``) and fits
+   it in a helper thread. A Ray Train callback puts every report of rank 0 (and its checkpoint) on a
+   queue; this thread forwards each one to Tune with ``tune.report`` (so Tune's schedulers see the
+   training metrics), and, when early stopping is on, first scores the checkpoint on the dev
+   collections (``dev/<measure>``, ``dev_evals``). The Train run lives at
+   ``<study>/train/<trial_id>`` and resumes from its last checkpoint if the trial is started again;
 3. exports the final checkpoint, evaluates it with the evaluation stage (``evaluate_model``) on the
    study's dev and test collections (query subsets taken from the per-query values, means
    recomputed over them), and writes ``result.json``, ``history.json`` and the per-query files;
@@ -36,7 +36,7 @@ import traceback
 from typing import Any
 
 from synrank import storage
-from synrank.config import GroupsConfig, RunConfig, TrainConfig
+from synrank.config import GroupsConfig, SynrankConfig, TrainConfig
 from synrank.storage import join
 from synrank.study.collections import View, quick_evaluate
 from synrank.study.config import StudyConfig
@@ -109,7 +109,7 @@ def _callback_class():
     return QueueReportCallback
 
 
-def _train_config(run: RunConfig, study: StudyConfig, spec: TrialSpec, groups_path: str, out_dir: str) -> TrainConfig:
+def _train_config(run: SynrankConfig, study: StudyConfig, spec: TrialSpec, groups_path: str, out_dir: str) -> TrainConfig:
     data = run.train.model_dump(mode="json")
     data["groups"] = groups_path
     data["out"] = out_dir
@@ -123,30 +123,17 @@ def _train_config(run: RunConfig, study: StudyConfig, spec: TrialSpec, groups_pa
 
 def _fit(spec: TrialSpec, train: TrainConfig, groups_path: str, fault_dir: str, store: StudyStore,
          report, extra_resources: dict[str, float] | None = None) -> Any:
-    """Fit a TorchTrainer; `report(item)` is called (in this thread) for every rank-0 report."""
+    """Fit a TorchTrainer (the training stage's ``build_trainer``, as a plain run gets it, with the
+    trial's name, storage and report queue); `report(item)` is called (in this thread) for every
+    rank-0 report."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from synrank.train.loop import train_loop_per_worker
-    from synrank.train.trainer import groups_inputs, ray_storage, worker_resources
+    from synrank.train.trainer import build_trainer
 
     queue = Queue(actor_options={"num_cpus": 0})
-    resources = worker_resources(train, extra_resources)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        **groups_inputs(train, groups_path, fault_dir),
-        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=spec.trial_id,
-            **ray_storage(store.train_storage),
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
-            callbacks=[_callback_class()(queue)],
-        ),
-    )
+    trainer = build_trainer(train, groups_path, fault_dir, name=spec.trial_id, storage_url=store.train_storage,
+                            callbacks=[_callback_class()(queue)], extra_resources=extra_resources)
     box: dict[str, Any] = {}
 
     def target() -> None:

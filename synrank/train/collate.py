@@ -25,7 +25,7 @@ query: the groups' optional ``origins`` column names that query), and, with
 
 A worker's batch carries compact per-query data (grades, valid slots, document keys and origin
 keys, each ``[B, K]``, and query keys ``[B]``); the loop gathers them from every worker and
-``label_matrices`` builds the ``[B_global, N]`` labels and mask from them on the device.
+``synrank.losses.labels.label_matrices`` builds the ``[B_global, N]`` labels and mask from them on the device.
 """
 
 from __future__ import annotations
@@ -201,26 +201,3 @@ def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int =
         query_keys=torch.tensor([doc_key(g.query_id) for g in chosen], dtype=torch.int64),
         origin_keys=torch.tensor(origins, dtype=torch.int64).reshape(len(chosen), k),
     )
-
-
-def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Tensor, *,
-                   in_batch_negatives: bool = True, query_keys: torch.Tensor | None = None,
-                   origin_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels (float) and mask (bool), each ``[Q, Q*K]``, from the ``[Q, K]`` grades, valid slots,
-    document keys and (optional) origin keys, and the ``[Q]`` query keys, of the global batch (see
-    the module doc); on the device of the inputs."""
-    q, k = grades.shape
-    own = torch.eye(q, dtype=torch.bool, device=grades.device).repeat_interleave(k, dim=1)
-    labels = own * grades.reshape(1, q * k)
-    slot_valid = valid.reshape(1, q * k)
-    if not in_batch_negatives:
-        return labels, own & slot_valid
-    slot_keys = doc_keys.reshape(1, q * k)
-    copy_of_own = torch.zeros_like(own)
-    for j in range(k):  # one [Q, N] comparison per position of a query's own group (K is small)
-        copy_of_own |= (slot_keys == doc_keys[:, j : j + 1]) & valid[:, j : j + 1]
-    if query_keys is not None and origin_keys is not None:
-        # a passage written for query i in another query's group (a swap passage): never i's negative
-        slot_origins = origin_keys.reshape(1, q * k)
-        copy_of_own |= (slot_origins == query_keys.reshape(q, 1)) & (slot_origins != 0)
-    return labels, slot_valid & (own | ~copy_of_own)

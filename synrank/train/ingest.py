@@ -13,6 +13,7 @@ is light. A local file is read on this node (by its node-id label): other nodes 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 import numpy as np
@@ -23,7 +24,10 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from synrank import storage
+from synrank.config import TrainConfig
 from synrank.train.collate import group_columns
+
+log = logging.getLogger(__name__)
 
 DATASET = "train"
 
@@ -71,6 +75,20 @@ def groups_scale(url: str) -> tuple[int, str]:
         if n:
             return int(n), "stats"
     return int(min(MAX_LEVELS, max(MIN_LEVELS, int(np.ceil(top)) + 1))), "largest grade"
+
+
+def with_positive_threshold(config: TrainConfig, groups_path: str) -> TrainConfig:
+    """``config`` with ``positive_threshold`` set: as given, or from the groups' relevance scale
+    (`synrank.data.levels.positive_threshold`, the one rule of what counts as a positive)."""
+    if config.positive_threshold is not None:
+        return config
+    from synrank.data.levels import positive_threshold
+
+    n_levels, where = groups_scale(groups_path)
+    threshold = float(positive_threshold(n_levels))
+    log.info("positives: grade >= %g (the %d-level scale of %s, from its %s)", threshold, n_levels, groups_path,
+             where)
+    return config.model_copy(update={"positive_threshold": threshold})
 
 
 def _read_row_groups(url: str, row_groups: list[int], block_rows: int, columns: list[str]) -> Iterator[pa.Table]:

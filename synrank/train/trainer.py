@@ -9,7 +9,7 @@ callbacks, ``build_trainer`` adds Ray Tune's ``TuneReportCallback``, so every Tr
 lr, examples/s, checkpoint path) reaches Tune and ASHA-style schedulers. To control the pieces,
 build the trainer yourself::
 
-    trainer = build_trainer(config, groups, out, run_config_overrides={"storage_path": trial_dir})
+    trainer = build_trainer(config, groups, out, storage_url=trial_dir)
     result = trainer.fit()
     finish(result, config, groups, out)          # export model, config, curve -> TrainResult
 
@@ -59,26 +59,11 @@ def ray_storage(url: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def with_positive_threshold(config: TrainConfig, groups_path: str) -> TrainConfig:
-    """``config`` with ``positive_threshold`` set: as given, or from the groups' relevance scale
-    (`synrank.data.levels.positive_threshold`, the one rule of what counts as a positive)."""
-    if config.positive_threshold is not None:
-        return config
-    from synrank.data.levels import positive_threshold
-    from synrank.train.ingest import groups_scale
-
-    n_levels, where = groups_scale(groups_path)
-    threshold = float(positive_threshold(n_levels))
-    log.info("positives: grade >= %g (the %d-level scale of %s, from its %s)", threshold, n_levels, groups_path,
-             where)
-    return config.model_copy(update={"positive_threshold": threshold})
-
-
 def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
     """Check the config against the groups before any worker starts, and fill in what the run will
     use: the groups path, the output directory, the positive threshold, the group size and the
     number of steps."""
-    from synrank.train.ingest import groups_shape
+    from synrank.train.ingest import groups_shape, with_positive_threshold
     from synrank.train.loop import build_loss
 
     n, k = groups_shape(groups_path)
@@ -103,7 +88,7 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
 def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
     """The ``train_loop_config`` of ``train_loop_per_worker``, with the group size set: every worker
     pads to it, so it cannot come from one worker's shard."""
-    from synrank.train.ingest import groups_shape
+    from synrank.train.ingest import groups_shape, with_positive_threshold
 
     if config.group_size is None:
         config = config.model_copy(update={"group_size": groups_shape(groups_path)[1]})
@@ -142,26 +127,38 @@ def worker_resources(config: TrainConfig, extra: dict[str, float] | None = None)
     return resources
 
 
-def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None):
-    """A ``TorchTrainer`` for ``config`` (gloo on CPU, NCCL on GPU); not started."""
+def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_config_overrides: dict | None = None, *,
+                  name: str = RUN_NAME, storage_url: str | None = None, callbacks: list | None = None,
+                  extra_resources: dict[str, float] | None = None):
+    """A ``TorchTrainer`` for ``config`` (gloo on CPU, NCCL on GPU); not started.
+
+    The one place a Ray Train run is set up, for ``fit`` and for a study trial alike: both get the
+    same workers, checkpoints (``keep_checkpoints``) and restarts (``max_failures``). What a trial
+    sets differently: the run's ``name`` and ``storage_url`` (the run lives at
+    ``<storage_url>/<name>``, default ``<out_dir>/ray/train``), its Train ``callbacks`` (default none,
+    or Tune's ``TuneReportCallback`` inside a Tune trial) and ``extra_resources`` per worker.
+    ``run_config_overrides`` replaces any ``RunConfig`` argument (a ``storage_path`` URL included).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from synrank.train.loop import train_loop_per_worker
 
-    resources = worker_resources(config)
+    resources = worker_resources(config, extra_resources)
     run_kwargs: dict[str, Any] = {
-        "name": RUN_NAME,
-        **ray_storage(storage.join(out_dir, "ray")),
+        "name": name,
+        **ray_storage(storage_url or storage.join(out_dir, "ray")),
         "checkpoint_config": CheckpointConfig(num_to_keep=config.keep_checkpoints),
         "failure_config": FailureConfig(max_failures=config.max_failures),
     }
+    if callbacks is not None:
+        run_kwargs["callbacks"] = list(callbacks)
     overrides = dict(run_config_overrides or {})
     if "storage_path" in overrides and "storage_filesystem" not in overrides:
         run_kwargs.pop("storage_filesystem", None)
         overrides.update(ray_storage(str(overrides["storage_path"])))
     run_kwargs.update(overrides)
-    if "callbacks" not in (run_config_overrides or {}) and _in_tune_trial():
+    if "callbacks" not in run_kwargs and _in_tune_trial():
         # Inside a Ray Tune trial: forward every Train report to Tune (the current Train/Tune pattern).
         from ray.tune.integration.ray_train import TuneReportCallback
 

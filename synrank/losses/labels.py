@@ -1,0 +1,39 @@
+"""The label matrix of an in-batch score matrix: which candidate is which grade for which query.
+
+Every query of a batch scores every passage slot of the batch: ``N = Q * K`` slots, query-major,
+then position in the query's group. Label of query ``i`` for slot ``j``: the grade when ``j`` is one
+of ``i``'s own passages, else 0 (an in-batch negative). The mask removes padding slots, copies of
+``i``'s own passages that sit in another query's group (the same document must not count as its
+negative; copies are found by document key), passages of another group that were written for ``i``
+(by origin key), and, with ``in_batch_negatives=False``, every slot outside ``i``'s own group.
+
+Used by synrank's training loop (`synrank.train.collate` describes its batches) and by the
+sentence-transformers adapter (`synrank.st`), so both train on the same labels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Tensor, *,
+                   in_batch_negatives: bool = True, query_keys: torch.Tensor | None = None,
+                   origin_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (float) and mask (bool), each ``[Q, Q*K]``, from the ``[Q, K]`` grades, valid slots,
+    document keys and (optional) origin keys, and the ``[Q]`` query keys, of the global batch (see
+    the module doc); on the device of the inputs."""
+    q, k = grades.shape
+    own = torch.eye(q, dtype=torch.bool, device=grades.device).repeat_interleave(k, dim=1)
+    labels = own * grades.reshape(1, q * k)
+    slot_valid = valid.reshape(1, q * k)
+    if not in_batch_negatives:
+        return labels, own & slot_valid
+    slot_keys = doc_keys.reshape(1, q * k)
+    copy_of_own = torch.zeros_like(own)
+    for j in range(k):  # one [Q, N] comparison per position of a query's own group (K is small)
+        copy_of_own |= (slot_keys == doc_keys[:, j : j + 1]) & valid[:, j : j + 1]
+    if query_keys is not None and origin_keys is not None:
+        # a passage written for query i in another query's group (a swap passage): never i's negative
+        slot_origins = origin_keys.reshape(1, q * k)
+        copy_of_own |= (slot_origins == query_keys.reshape(q, 1)) & (slot_origins != 0)
+    return labels, slot_valid & (own | ~copy_of_own)
