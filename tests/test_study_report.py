@@ -131,7 +131,7 @@ def _write(path: Path, obj) -> None:
 
 def _make_study(root: Path, shared_data: Path) -> Path:
     from synrank.config import to_yaml
-    from synrank.study.config import load_study
+    from synrank.study.load import load_study
 
     study = load_study(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "study-tiny.yaml", [
         f"study_dir={root}", f"base.groups.collection={shared_data / 'cranfield'}",
