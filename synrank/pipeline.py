@@ -14,7 +14,8 @@ Run directory:
     collections/<name>/               the test collection(s): queries, corpus, qrels-test (Parquet)
     annotate/                         LLM qrels for the train queries (pipeline.annotate)
     groups/groups.parquet             training groups
-    train/                            checkpoints, model/ (sentence-transformers), curve
+    train/                            checkpoints, model/ (sentence-transformers, with its card
+                                      README.md: data, loss, steps, the evaluation table), curve
     evaluate/<system>/<collection>/   run files and metrics
     summary.json, summary.md          the result table
 """
@@ -32,7 +33,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from synrank.config import GroupsConfig, QuerySplitConfig, RunConfig
+from synrank.config import GroupsConfig, QuerySplitConfig, SynrankConfig
 from synrank.data import schemas
 from synrank import storage
 from synrank.storage import write_json, write_parquet, write_text
@@ -101,9 +102,9 @@ class RunDir:
 
 
 class Pipeline:
-    """Runs the stages of one RunConfig; `run()` is the whole pipeline."""
+    """Runs the stages of one SynrankConfig; `run()` is the whole pipeline."""
 
-    def __init__(self, cfg: RunConfig, stop_after: str | None = None) -> None:
+    def __init__(self, cfg: SynrankConfig, stop_after: str | None = None) -> None:
         self.cfg = cfg
         self.dir = RunDir(cfg.run_dir)
         self.stages: list[StageLog] = []
@@ -191,9 +192,9 @@ class Pipeline:
 
         def body() -> dict[str, str]:
             from synrank.data.readers import read_queries
-            from synrank.generate.engine import spec_from_config
             from synrank.generate.pipeline import generate
-            from synrank.generate.pool import EnginePool
+            from synrank.llm.engine import spec_from_config
+            from synrank.llm.pool import EnginePool
 
             out = {}
             pool = EnginePool.start(spec_from_config(gen), gen.num_engines, min_engines=gen.min_engines,
@@ -299,6 +300,21 @@ class Pipeline:
 
         return self._stage("train", fp, body)["model"], fp
 
+    def model_card(self, generated: dict[str, str], evaluation: str | None = None) -> None:
+        """Render the trained model's card (`synrank.train.model_card`) again with what only the run
+        knows: the generator of its synthetic passages and, once evaluated, the result table."""
+        from synrank.train.export import write_model_card
+
+        generator = None
+        if "train" in generated and self.cfg.groups.source in ("synthetic", "mixed"):
+            from synrank.generate.layout import MANIFEST
+
+            try:  # the label generate recorded for the model it ran
+                generator = storage.read_json(storage.join(generated["train"], MANIFEST))["model"]
+            except (FileNotFoundError, KeyError, json.JSONDecodeError):
+                generator = self.cfg.generate.model
+        write_model_card(self.dir.path("train"), generator=generator, evaluation=evaluation)
+
     def evaluate(self, model_dir: str, collections: list[str], upstream: str) -> dict[str, dict[str, dict[str, float]]]:
         e = self.cfg.evaluate
         systems = {"trained": model_dir, **{b: b for b in self.cfg.pipeline.baselines}}
@@ -340,6 +356,7 @@ class Pipeline:
         llm_qrels, fp = self.annotate(queries, fp)
         groups_path, fp = self.groups(queries, generated, llm_qrels, fp)
         model_dir, fp = self.train(groups_path, fp)
+        self.model_card(generated)
         if self.stop_after == "train":
             return PipelineResult(self.dir.root, self.stages, {}, "")
         if not collections:
@@ -351,10 +368,11 @@ class Pipeline:
         write_json({"stages": [s.__dict__ for s in self.stages], "metrics": summary, "trained_vs_untrained": self.verdict},
                    self.dir.path("summary.json"))
         write_text(table + "\n", self.dir.path("summary.md"))
+        self.model_card(generated, evaluation=table)
         return PipelineResult(self.dir.root, self.stages, summary, table)
 
 
-def _config_yaml(cfg: RunConfig) -> str:
+def _config_yaml(cfg: SynrankConfig) -> str:
     from synrank.config import to_yaml
 
     return to_yaml(cfg)
@@ -459,7 +477,7 @@ def summary_table(summary: dict[str, dict[str, dict[str, float]]], measures=SUMM
     return "\n".join(lines)
 
 
-def run_pipeline(cfg: RunConfig, stop_after: str | None = None) -> PipelineResult:
+def run_pipeline(cfg: SynrankConfig, stop_after: str | None = None) -> PipelineResult:
     result = Pipeline(cfg, stop_after=stop_after).run()
     ran = ", ".join(f"{s.name} ({s.status}{f', {s.seconds:.0f} s' if s.status == 'ran' else ''})" for s in result.stages)
     print(f"\nsynrank pipeline: {ran}")

@@ -1,7 +1,9 @@
 """What a finished run leaves in its output directory:
 
 - ``model/``: a sentence-transformers directory (``SentenceTransformer(path)`` loads it and gives
-  the same embeddings as ``synrank.encoder.BiEncoder.load(path)``), from the final checkpoint;
+  the same embeddings as ``synrank.encoder.BiEncoder.load(path)``), from the final checkpoint, with
+  its model card ``model/README.md`` (`synrank.train.model_card`: base model, training data, loss,
+  steps; ``write_model_card`` renders it again with what a later stage knows, e.g. the evaluation);
 - ``train_config.yaml``: the resolved training config (every default filled in, the groups path,
   the group size and the number of steps actually used);
 - ``curve.json`` (per-step metrics: loss, lr, examples/s, ...) and ``curve.png`` (loss per step,
@@ -15,6 +17,7 @@ import tempfile
 from typing import Any, Sequence
 
 import torch
+import yaml
 
 from synrank import storage
 from synrank.config import TrainConfig, to_yaml
@@ -26,15 +29,30 @@ CURVE_JSON = "curve.json"
 CURVE_PNG = "curve.png"
 
 
-def export_model(checkpoint_dir: str, config: TrainConfig, out_dir: str) -> str:
-    """Load the encoder weights of a checkpoint and write them as a sentence-transformers dir."""
+def export_model(checkpoint_dir: str, config: TrainConfig, out_dir: str, *, generator: str | None = None) -> str:
+    """Load the encoder weights of a checkpoint and write them as a sentence-transformers dir, with
+    its model card (`generator`: the LLM that wrote synthetic training passages, when known)."""
     from synrank.encoder import BiEncoder
     from synrank.train.loop import MODEL_FILE
+    from synrank.train.model_card import card_facts, write_card
 
     encoder = BiEncoder(config.encoder)
     state = torch.load(os.path.join(checkpoint_dir, MODEL_FILE), map_location="cpu")
     encoder.load_state_dict(state)
-    return save_encoder(encoder, storage.join(out_dir, MODEL_DIR))
+    model_dir = save_encoder(encoder, storage.join(out_dir, MODEL_DIR))
+    write_card(card_facts(config, generator=generator), model_dir)
+    return model_dir
+
+
+def write_model_card(out_dir: str, *, generator: str | None = None, evaluation: str | None = None) -> str:
+    """Render the card of the model exported in `out_dir` again, from the resolved config written
+    beside it, with the facts a later stage knows: the generator, the evaluation table (markdown)."""
+    from synrank.config import build
+    from synrank.train.model_card import card_facts, write_card
+
+    config_url = storage.join(out_dir, CONFIG_FILE)
+    config = build(TrainConfig, yaml.safe_load(storage.read_text(config_url)) or {}, config_url)
+    return write_card(card_facts(config, generator=generator, evaluation=evaluation), storage.join(out_dir, MODEL_DIR))
 
 
 def save_encoder(encoder, url: str) -> str:
