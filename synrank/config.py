@@ -233,6 +233,10 @@ class TrainConfig(Section):
     use_gpu: bool = False
     amp: bool = True
     prefetch: bool = Field(True, description="collate and tokenize the next batch while this step runs")
+    grad_cache_chunk: int | None = Field(
+        None, ge=1, description="GradCache: encode at most this many texts at a time with gradients, from "
+        "cached embeddings, so activation memory no longer grows with the batch (the loss is unchanged; "
+        "about one extra forward pass per step); None: off")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

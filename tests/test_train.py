@@ -8,6 +8,7 @@ A 2-layer cut of the packaged all-MiniLM-L6-v2 and tiny max lengths keep each st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -252,6 +253,72 @@ def test_batches_prepared_ahead_train_exactly_as_batches_prepared_in_the_step(ti
     assert [h["loss"] for h in ahead["history"]] == [h["loss"] for h in inline["history"]]
 
 
+def _grads_of_one_step(encoder, batch, loss_fn, labels, mask, grad_cache_chunk=None, seed=11):
+    """Parameter gradients of one micro-step, plain or with GradCache, from the same random state."""
+    from synrank.train.loop import Towers, grad_cached_backward, scores_for, tokenize_batch
+
+    encoder.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    towers = Towers(encoder)
+    inputs = tokenize_batch(encoder, batch, chunk_size=grad_cache_chunk)
+
+    def loss_of(scores):
+        loss = loss_fn(scores, labels, mask)
+        loss.backward()
+        return loss
+
+    if grad_cache_chunk:
+        loss = grad_cached_backward(towers, encoder, batch, torch.device("cpu"), inputs, loss_of,
+                                    contextlib.nullcontext)
+    else:
+        loss = loss_of(scores_for(towers, encoder, batch, torch.device("cpu"), inputs))
+    return float(loss.detach()), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk, dropout", [(16, 0.1), (2, 0.0)])
+def test_grad_cache_gives_the_gradients_of_the_plain_step(tiny_encoder, chunk, dropout):
+    """GradCache (train.grad_cache_chunk) changes memory, not the step: with the plain step's chunks
+    (16 texts: passage_chunks for 6 queries) and dropout on, the replayed random state gives the same
+    dropout masks, hence the same loss and gradients; with chunks of 2 texts (other padding, other masks) and dropout off, the
+    same up to float noise."""
+    from synrank.encoder import BiEncoder
+    from synrank.losses import build
+    from synrank.train.loop import set_dropout
+
+    words = "lift drag wing flow shock layer heat nozzle panel flutter".split()
+    groups = [Group(f"q{i}", f"{words[i]} question", [f"d{i}-{j}" for j in range(3)],
+                    [" ".join(words[: 2 + (i * 7 + j * 3) % 9]) for j in range(3)], [3.0, 1.0, 0.0])
+              for i in range(6)]
+    batch = collate(groups, 3)
+    labels, mask = label_matrices(batch.grades, batch.valid, batch.doc_keys)
+    encoder = BiEncoder(_encoder(tiny_encoder)).train()
+    set_dropout(encoder, dropout)
+    loss_fn = build("infonce", positive_threshold=2.0)
+    plain_loss, plain = _grads_of_one_step(encoder, batch, loss_fn, labels, mask)
+    cached_loss, cached = _grads_of_one_step(encoder, batch, loss_fn, labels, mask, grad_cache_chunk=chunk)
+    assert plain.keys() == cached.keys() and len(plain) > 10
+    assert cached_loss == pytest.approx(plain_loss, abs=1e-5)
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    if dropout:  # the check can fail: another random state gives other masks and other gradients
+        _, other = _grads_of_one_step(encoder, batch, loss_fn, labels, mask, grad_cache_chunk=chunk, seed=12)
+        assert any(not torch.allclose(other[n], plain[n], rtol=1e-4, atol=1e-6) for n in plain)
+
+
+def test_grad_cache_trains_as_the_plain_loop(tiny_encoder, tmp_path):
+    """The loop with train.grad_cache_chunk (chunks of 2 texts, grad accumulation, an epoch
+    boundary) gives the losses of the plain loop."""
+    from synrank.train.loop import run
+
+    groups = _hand_groups(tmp_path, n=6)
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, grad_accumulation=2, max_steps=3, lr=1e-4,
+                      checkpoint_every=100, seed=5, dropout=0.0)
+    plain, _ = run(cfg, groups)
+    cached, _ = run(cfg.model_copy(update={"grad_cache_chunk": 2}), groups)
+    np.testing.assert_allclose([h["loss"] for h in cached["history"]], [h["loss"] for h in plain["history"]],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_rand1lh_draws_resume_exactly_from_a_checkpoint(tiny_encoder, tmp_path):
     """Rand1LH's random state is part of the checkpoint: with several positives per query, a run that
     fails and resumes draws the same positives, hence gives the same losses, as one that did not."""
@@ -474,6 +541,65 @@ def test_two_processes_score_and_label_the_global_batch_as_one_process_does(tiny
         for loss, value in losses.items():
             assert value == pytest.approx(float(build_loss(TrainConfig(loss=loss, positive_threshold=2.0))(
                 scores, labels, mask)), abs=1e-5)
+
+
+def _two_process_grad_cache(rank: int, init_file: str, encoder_path: str, halves: list, out: str) -> None:
+    """One of two gloo processes under DDP: a GradCache step (chunks of 2 texts) on its half of the
+    batch; rank 0 saves the loss and the DDP-averaged gradients."""
+    import torch.distributed as dist
+
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import (Towers, build_loss, freeze_unused, global_labels, grad_cached_backward,
+                                    tokenize_batch)
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    encoder = BiEncoder(_encoder(encoder_path)).eval()
+    freeze_unused(encoder)  # as the loop does: DDP reduces only once every parameter got its gradient
+    model = torch.nn.parallel.DistributedDataParallel(Towers(encoder))
+    batch = collate(halves[rank], 3)
+    labels, mask = global_labels(batch, torch.device("cpu"), True)
+    loss_fn = build_loss(TrainConfig(loss="lsepair", positive_threshold=2.0))
+
+    def loss_of(scores):
+        leaf = scores.detach().requires_grad_(True)
+        loss = loss_fn(leaf, labels, mask)
+        loss.backward()
+        scores.backward(leaf.grad)
+        return loss
+
+    loss = grad_cached_backward(model, encoder, batch, torch.device("cpu"),
+                                tokenize_batch(encoder, batch, chunk_size=2), loss_of, contextlib.nullcontext)
+    if rank == 0:
+        torch.save({"loss": float(loss), "grads": {n: p.grad.clone() for n, p in encoder.named_parameters()
+                                                    if p.grad is not None}}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_grad_cache_under_ddp_gives_the_gradient_of_the_global_batch(tiny_encoder, tmp_path):
+    """Two DDP workers with GradCache: one gradient reduction per step (the last chunk's), and the
+    averaged gradient is that of one process's plain step on the concatenated batch."""
+    from synrank.encoder import BiEncoder
+    from synrank.train.loop import Towers, build_loss, global_labels, scores_for
+
+    groups = _groups([["a", "b", "c"], ["d", "a"], ["e"], ["f", "g", "b"]],
+                     [[3.0, 1.0, 0.0], [2.0, 0.0], [1.0], [3.0, 0.0, 2.0]])
+    out = str(tmp_path / "rank0.pt")
+    torch.multiprocessing.spawn(_two_process_grad_cache, args=(str(tmp_path / "pg"), tiny_encoder,
+                                                               [groups[:2], groups[2:]], out), nprocs=2)
+    found = torch.load(out, weights_only=False)
+
+    encoder = BiEncoder(_encoder(tiny_encoder)).eval()
+    batch = collate(groups, 3)
+    labels, mask = global_labels(batch, torch.device("cpu"), True)
+    loss = build_loss(TrainConfig(loss="lsepair", positive_threshold=2.0))(
+        scores_for(Towers(encoder), encoder, batch, torch.device("cpu")), labels, mask)
+    loss.backward()
+    assert found["loss"] == pytest.approx(float(loss.detach()), abs=1e-5)
+    grads = {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}
+    assert grads.keys() == found["grads"].keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(found["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

@@ -166,20 +166,22 @@ class StepInputs:
     queries: dict[str, torch.Tensor]
     chunks: list[dict[str, torch.Tensor]]
     order: list[int]
+    chunk_size: int
 
 
-def tokenize_batch(encoder: BiEncoder, batch: Batch, pin_memory: bool = False) -> StepInputs:
+def tokenize_batch(encoder: BiEncoder, batch: Batch, pin_memory: bool = False,
+                   chunk_size: int | None = None) -> StepInputs:
     """Passages are cut into chunks of similar length (sorted by characters), so a short passage is
-    not padded to the longest one of the whole batch."""
+    not padded to the longest one of the whole batch; `chunk_size` (GradCache's) caps a chunk."""
     order = sorted(range(len(batch.passages)), key=lambda i: len(batch.passages[i]))
-    size = passage_chunks(len(order), batch.n_queries)
+    size = chunk_size or passage_chunks(len(order), batch.n_queries)
     queries = encoder.tokenize(batch.queries, "query")
     chunks = [encoder.tokenize([batch.passages[i] for i in order[c : c + size]], "passage")
               for c in range(0, len(order), size)]
     if pin_memory:
         queries = {k: v.pin_memory() for k, v in queries.items()}
         chunks = [{k: v.pin_memory() for k, v in chunk.items()} for chunk in chunks]
-    return StepInputs(queries, chunks, order)
+    return StepInputs(queries, chunks, order, size)
 
 
 class BatchFeed:
@@ -189,18 +191,18 @@ class BatchFeed:
     draws from (seed, epoch), not from a shared random state."""
 
     def __init__(self, groups: GroupShard, plan: BatchPlan, group_size: int, seed: int, encoder: BiEncoder,
-                 end_micro: int, prefetch: bool, pin_memory: bool) -> None:
+                 end_micro: int, prefetch: bool, pin_memory: bool, chunk_size: int | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.groups, self.plan, self.group_size, self.seed, self.encoder = groups, plan, group_size, seed, encoder
-        self.end_micro, self.pin_memory = end_micro, pin_memory
+        self.end_micro, self.pin_memory, self.chunk_size = end_micro, pin_memory, chunk_size
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synrank-batches") if prefetch else None
         self._ahead: dict[int, Any] = {}
 
     def _prepare(self, micro: int) -> tuple[Batch, StepInputs]:
         batch = collate(self.groups.take(self.plan.indices(micro)), self.group_size, seed=self.seed,
                         epoch=self.plan.epoch_of(micro))
-        return batch, tokenize_batch(self.encoder, batch, self.pin_memory)
+        return batch, tokenize_batch(self.encoder, batch, self.pin_memory, self.chunk_size)
 
     def get(self, micro: int) -> tuple[Batch, StepInputs]:
         ahead = self._ahead.pop(micro, None)
@@ -219,13 +221,22 @@ def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch
     """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch
     (tokenized here unless `inputs` holds it already, see `tokenize_batch`)."""
     inputs = inputs or tokenize_batch(encoder, batch)
-    q_feat = {k: v.to(device, non_blocking=True) for k, v in inputs.queries.items()}
-    chunks = [{k: v.to(device, non_blocking=True) for k, v in chunk.items()} for chunk in inputs.chunks]
-    order = inputs.order
+    q_feat = _to(inputs.queries, device)
+    chunks = [_to(chunk, device) for chunk in inputs.chunks]
     q, p = model(q_feat, chunks)
+    return global_scores(q, p, batch, inputs.order)
+
+
+def _to(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+
+
+def global_scores(q: torch.Tensor, p: torch.Tensor, batch: Batch, order: list[int]) -> torch.Tensor:
+    """Scores of every query of the global batch against every passage slot of it, from this
+    worker's query embeddings and its passage embeddings in `order` (gathered with gradients)."""
     slots = q.new_zeros((batch.n_queries * batch.group_size, q.shape[1]))
     where = batch.slots[torch.tensor(order, dtype=torch.long)] if order else batch.slots
-    slots = slots.index_copy(0, where.to(device), p.to(slots.dtype))
+    slots = slots.index_copy(0, where.to(q.device), p.to(slots.dtype))
     local = torch.cat([q, slots], dim=0)
     gathered = gather_with_grad(local)
     world = gathered.shape[0] // local.shape[0]
@@ -233,6 +244,52 @@ def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch
     q_all = gathered[:, : batch.n_queries].reshape(-1, q.shape[1])
     p_all = gathered[:, batch.n_queries :].reshape(-1, q.shape[1])
     return similarity(q_all, p_all)
+
+
+def _split_rows(features: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    n = next(iter(features.values())).shape[0]
+    return [{k: v[i : i + size] for k, v in features.items()} for i in range(0, n, size)]
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def grad_cached_backward(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch.device,
+                         inputs: StepInputs, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                         autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+    """One micro-step's backward with GradCache (Gao et al., 2021, "Scaling Deep Contrastive Learning
+    Batch Size under Memory Limited Setup"): encode every chunk without a graph, compute the loss and
+    its gradient with respect to the embeddings, then encode each chunk again with a graph and
+    backpropagate that chunk's cached gradient. At most one chunk's activations are alive at a time.
+    Each chunk's second forward replays the random state of its first, so dropout masks agree.
+    `loss_of(scores)` returns the loss to backpropagate; returns it (detached)."""
+    chunks = ([_to(c, device) for c in _split_rows(inputs.queries, inputs.chunk_size)]
+              + [_to(c, device) for c in inputs.chunks])
+    n_query_chunks = len(chunks) - len(inputs.chunks)
+    states, cached = [], []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_rng_state(device))
+            with autocast():
+                cached.append(encoder(chunk).detach().requires_grad_(True))
+    q = torch.cat(cached[:n_query_chunks], dim=0)
+    p = torch.cat(cached[n_query_chunks:], dim=0) if inputs.chunks else q.new_zeros((0, q.shape[1]))
+    loss = loss_of(global_scores(q, p, batch, inputs.order))
+
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    devices = [device] if device.type == "cuda" else []
+    for i, (chunk, (cpu_state, cuda_state), embedding) in enumerate(zip(chunks, states, cached)):
+        # DDP reduces gradients once, with the last chunk's backward
+        sync = model.no_sync() if ddp and i < len(chunks) - 1 else contextlib.nullcontext()
+        with sync, torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, device)
+            with autocast():
+                again, _ = model(chunk, [])
+            again.backward(embedding.grad.to(again.dtype))
+    return loss.detach()
 
 
 def build_loss(config: TrainConfig):
@@ -466,7 +523,7 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
 
     feed = BatchFeed(groups, plan, k, config.seed, encoder,
                      end_micro=state.micro + (total - state.step) * config.grad_accumulation,
-                     prefetch=config.prefetch, pin_memory=device.type == "cuda")
+                     prefetch=config.prefetch, pin_memory=device.type == "cuda", chunk_size=config.grad_cache_chunk)
     try:
         while state.step < total:
             if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
@@ -481,18 +538,31 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
                 labels, mask = global_labels(batch, device, config.in_batch_negatives)
                 sync = (model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
                         and a < config.grad_accumulation - 1 else contextlib.nullcontext())
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        scores = scores_for(model, encoder, batch, device, inputs)
+                timed: list[float] = []
+
+                def loss_of(scores: torch.Tensor) -> torch.Tensor:
+                    """The loss on a detached copy of `scores`, its gradient fed back into them."""
                     t1 = time.perf_counter()
                     leaf = scores.detach().requires_grad_(True)
                     loss = loss_fn(leaf, labels, mask)
                     scaled = loss / config.grad_accumulation
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    loss_value = float(loss.detach())
-                    loss_time += time.perf_counter() - t1
+                    timed.append(time.perf_counter() - t1)
                     scores.backward(leaf.grad)
-                loss_total += loss_value
+                    return loss
+
+                def autocast() -> contextlib.AbstractContextManager:
+                    return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+
+                with sync:
+                    if config.grad_cache_chunk:
+                        loss = grad_cached_backward(model, encoder, batch, device, inputs, loss_of, autocast)
+                    else:
+                        with autocast():
+                            scores = scores_for(model, encoder, batch, device, inputs)
+                        loss = loss_of(scores)
+                loss_time += sum(timed)
+                loss_total += float(loss.detach())
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if config.max_grad_norm is not None:
