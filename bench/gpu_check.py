@@ -11,8 +11,9 @@ weights are too large to travel, and speed and memory do not depend on the weigh
 Measured:
 - training: synrank's own loop (`synrank.train.loop.run`, the loop every Ray Train worker runs), one
   worker, InfoNCE over Cranfield human groups (k passages per query, in-batch negatives), with AMP
-  (bf16 autocast), with AMP but the next batch prepared in the step (`train.prefetch: false`), and
-  in fp32; seconds per step (median after warm-up), queries/s, the loss's share
+  (bf16 autocast), with AMP but the next batch prepared in the step (`train.prefetch: false`), with
+  AMP and GradCache in chunks of 32 texts (`train.grad_cache_chunk: 32`: peak memory against its
+  extra forward pass), and in fp32; seconds per step (median after warm-up), queries/s, the loss's share
   of a step and peak GPU memory. sentence-transformers' trainer with MultipleNegativesRankingLoss on
   the same groups (anchor, positive, k-1 negatives) and bf16, as the peer.
 - encoding: `BiEncoder.encode` (length-sorted batches) on the Cranfield corpus repeated to
@@ -83,14 +84,14 @@ def peak_gib() -> float:
 
 
 def train_synrank(groups: str, model: str, batch: int, steps: int, max_length: int, amp: bool,
-                  prefetch: bool = True) -> dict:
+                  prefetch: bool = True, grad_cache_chunk: int | None = None) -> dict:
     from synrank.config import EncoderConfig, TrainConfig
     from synrank.train.loop import run
 
     cfg = TrainConfig(encoder=EncoderConfig(model=model, max_query_length=max_length, max_passage_length=max_length),
                       loss="infonce", loss_params={"temperature": 0.05}, batch_size=batch, max_steps=steps,
                       lr=2e-5, warmup_ratio=0.1, checkpoint_every=10_000, use_gpu=DEVICE == "cuda", amp=amp,
-                      prefetch=prefetch)
+                      prefetch=prefetch, grad_cache_chunk=grad_cache_chunk)
     gpu_memory_reset()
     result, _ = run(cfg, groups)
     history = result["history"][2:]  # the first steps warm up kernels and the allocator
@@ -246,6 +247,8 @@ def main() -> int:
     guarded("synrank_amp_bf16_no_prefetch", train, train_synrank, groups, model, args.batch, args.steps,
             args.max_length, True, False)
     guarded("synrank_fp32", train, train_synrank, groups, model, args.batch, args.steps, args.max_length, False)
+    guarded("synrank_amp_bf16_grad_cache32", train, train_synrank, groups, model, args.batch, args.steps,
+            args.max_length, True, True, 32)
     guarded("st_mnrl_bf16", train, train_st, groups, model, args.batch, args.steps, args.max_length)
 
     texts = corpus_texts(groups, args.encode_docs)
@@ -261,13 +264,16 @@ def main() -> int:
                 agreement[name] = cosine_agreement(ref, res.pop("embeddings"))
 
     def ratio(a: dict, b: dict, key: str):
-        return a[key] / b[key] if key in a and key in b else None
+        return a[key] / b[key] if key in a and key in b and b[key] else None  # peak GPU memory is 0 on a CPU
 
     summary = {
         "train_amp_step_s": train["synrank_amp_bf16"].get("step_s"),
         "train_amp_vs_fp32_speedup": ratio(train["synrank_fp32"], train["synrank_amp_bf16"], "step_s"),
         "train_amp_vs_st_bf16": ratio(train["st_mnrl_bf16"], train["synrank_amp_bf16"], "step_s"),
         "train_prefetch_speedup": ratio(train["synrank_amp_bf16_no_prefetch"], train["synrank_amp_bf16"], "step_s"),
+        "train_grad_cache_memory_ratio": ratio(train["synrank_amp_bf16_grad_cache32"], train["synrank_amp_bf16"],
+                                               "peak_gpu_gib"),
+        "train_grad_cache_slowdown": ratio(train["synrank_amp_bf16_grad_cache32"], train["synrank_amp_bf16"], "step_s"),
         "encode_bf16_vs_fp32": ratio(encode["synrank_bf16"], encode["synrank_fp32"], "docs_per_s"),
         "encode_fp32_vs_st_fp32": ratio(encode["synrank_fp32"], encode["st_fp32"], "docs_per_s"),
         "encode_bf16_vs_st_bf16": ratio(encode["synrank_bf16"], encode["st_bf16"], "docs_per_s"),
