@@ -252,6 +252,8 @@ class EvaluateConfig(Section):
     """`synrank evaluate`: retrieval on real collections with faiss and pytrec_eval."""
 
     model: str = "default"
+    wise_ft_alpha: float = Field(1.0, gt=0.0, le=1.0, description="WiSE-FT: the exported weights are "
+                                 "alpha * fine-tuned + (1 - alpha) * base (1: the fine-tuned weights as trained)")
     encoder: EncoderConfig = EncoderConfig()
     collections: list[str] = []
     split: str = "test"

@@ -157,6 +157,7 @@ def _training_section(config: TrainConfig) -> list[str]:
         ("learning rate", config.lr),
         ("warmup ratio", config.warmup_ratio),
         ("weight decay", config.weight_decay),
+        ("WiSE-FT alpha (weight of the fine-tuned model against the base)", config.wise_ft_alpha),
         ("seed", config.seed),
     ]
     return ["## Training", "", *_table(rows)]
