@@ -30,6 +30,7 @@ STAGE_COMMANDS = [
     "synrank.evaluate.cli",
     "synrank.train.cli",
     "synrank.annotate.cli",
+    "synrank.probe_cli",
     "synrank.study.cli",
     "synrank.models_cli",
 ]

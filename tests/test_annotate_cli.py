@@ -18,7 +18,7 @@ def _parse(argv):
 
 
 def test_overrides_and_options(tmp_path):
-    from synrank.annotate.cli import _config
+    from synrank.annotate.cli import annotate_config as _config
 
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("runtime:\n  address: ray://head:10001\nannotate:\n  top_n: 7\n  limit: 3\n")

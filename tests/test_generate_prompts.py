@@ -59,3 +59,49 @@ def test_chats_render_with_the_default_models_chat_template():
     assert text.endswith("<|im_start|>assistant\n")
     assert "do goldfish grow" in text
     assert renderer("already rendered") == "already rendered"
+
+
+# -- v2: a definition, what the paragraph must and must not contain, and an example per level ------
+
+def test_released_versions_keep_their_wording():
+    # a released version is frozen: these hashes change only if its texts change (add a version instead)
+    assert get_template("v1").fingerprint() == "0e74b71ebfcd331d"
+    assert get_template("v2").fingerprint() == "e7b86b9bfaf562f8"
+
+
+@pytest.mark.parametrize("n_levels", [2, 3, 4, 5])
+def test_v2_says_for_every_level_what_it_must_and_must_not_contain(n_levels):
+    users = [level_prompt("do goldfish grow", level, n_levels, "v2")[-1]["content"] for level in range(n_levels)]
+    assert len(set(users)) == n_levels
+    for user in users:
+        assert user.startswith("Query: do goldfish grow\n\n")  # the query first: prefix caching
+        assert "must" in user and "must not" in user and "for example" in user
+    assert "completely" in users[-1] and "answers" in users[-1]
+
+
+def test_v2_level_1_is_on_topic_without_the_answer():
+    user = level_prompt("do goldfish grow", 1, 4, "v2")[-1]["content"]
+    assert "about the query's topic that does not contain the answer" in user
+    assert "unrelated" in level_prompt("do goldfish grow", 0, 4, "v2")[-1]["content"]
+    # v1 is unchanged by v2
+    assert level_prompt("q", 1, 4, "v1")[-1]["content"].endswith("about the topic of this query that does not answer it.")
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_every_template_renders_and_a_typical_answer_parses(version):
+    from transformers import AutoTokenizer
+
+    from synrank.generate.parse import parse_passage
+    from synrank.llm.engine import ChatRenderer
+    from synrank.models import resolve_generator
+
+    renderer = ChatRenderer(AutoTokenizer.from_pretrained(resolve_generator("default")))
+    answer = ("Sure, here is a paragraph:\n\nGoldfish keep growing for most of their lives. In a small bowl they "
+              "stay small, while in a pond they can reach thirty centimetres.<|im_end|>")
+    for n_levels in range(2, 6):
+        for level in range(n_levels):
+            text = renderer(level_prompt("do goldfish grow", level, n_levels, version))
+            assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+            assert text.count("<|im_start|>") == 3 and "do goldfish grow" in text
+    parsed = parse_passage(answer, "stop")
+    assert parsed.ok and parsed.text.startswith("Goldfish keep growing") and "<|im_end|>" not in parsed.text

@@ -20,7 +20,7 @@ STAGES = {"generate", "annotate", "train", "evaluate", "study"}
 LOWER = {
     "data", "losses", "encoder", "models", "model_files", "runtime", "storage", "llm", "text", "config", "recipes", "st",
 }
-ENTRY_POINTS = {"cli", "pipeline", "pipeline_cli", "models_cli", "__main__"}
+ENTRY_POINTS = {"cli", "pipeline", "pipeline_cli", "models_cli", "fidelity_probe", "probe_cli", "__main__"}
 # Within the lower layers: the data layer reads and shapes text; it must not pull in the model code
 # (and torch with it) to do so. Text formatting lives in `synrank.text`, below both.
 FORBIDDEN_LOWER = {("data", "encoder"), ("data", "models"), ("text", "encoder"), ("text", "data")}

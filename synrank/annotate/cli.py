@@ -146,7 +146,9 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace):
+def annotate_config(args: argparse.Namespace):
+    """(AnnotateConfig, Ray address) from --config (a whole run config or an annotate section), overrides
+    (`annotate.` prefix optional) and options; `synrank probe` configures its judge the same way."""
     from synrank.config import AnnotateConfig, apply_overrides, build, load_yaml
 
     data: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
@@ -239,7 +241,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     from synrank.annotate.pipeline import annotate
 
-    cfg, address = _config(args)
+    cfg, address = annotate_config(args)
 
     def progress(done: int, total: int) -> None:
         print(f"annotate: {done}/{total} shards", file=sys.stderr, flush=True)
@@ -285,7 +287,7 @@ def _consistency(args: argparse.Namespace) -> int:
     from synrank.storage import write_json, write_parquet
     from synrank.data.readers import collection_file, read_queries, read_table
 
-    cfg, address = _config(args)
+    cfg, address = annotate_config(args)
     out = args.out or cfg.out
     if not out:
         raise ValueError("consistency needs an output folder: --out DIR")

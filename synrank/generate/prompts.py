@@ -11,6 +11,9 @@ The level is asked for in plain words ("a paragraph that answers only part of th
 models follow that better than a description of a relevance scale. Even so SmolLM2-135M writes
 on-topic text at every level - hence the swap strategy for level 0 and the level-fidelity report.
 
+Versions: v1 asks for each level in one plain sentence; v2 adds to each level what the paragraph
+must and must not contain, with an example of such content (see `V2`). v1 stays the default (`generate.prompt_version`).
+
 A template version is frozen once released: changing wording means adding a version. The
 fingerprint (a hash of every text of a version) is recorded in the output manifest, so editing a
 released version by accident is caught when a run resumes.
@@ -70,7 +73,59 @@ V1 = PromptTemplate(
     },
 )
 
-VERSIONS: dict[str, PromptTemplate] = {V1.version: V1}
+# v2: each level is a definition plus what the paragraph must and must not contain, with a short
+# example of such content. The point is the gap between "on topic" and "answers": v1's "does not
+# answer it" leaves a small model free to answer anyway; v2 names the answer as the thing to leave
+# out. The examples are kinds of content, not a worked example query: SmolLM2-135M copies the
+# topic of a worked example ("why is the sky blue?") into its passages.
+_V2_UNRELATED = (
+    f"{_SHAPE} about something completely unrelated to this query. "
+    "It must be about a different subject, for example cooking, sports or music; "
+    "it must not mention the query's topic or use its words."
+)
+_V2_NOT_RELEVANT = (
+    f"{_SHAPE} about the query's topic that does not contain the answer. "
+    "It may be about the query's subject, for example its background or history; "
+    "it must not state the answer or any part of it."
+)
+_V2_ON_TOPIC = (
+    f"{_SHAPE} about the query's topic that does not contain the answer. "
+    "It must be about the same subject as the query, for example its background, history or a related question; "
+    "it must not state the answer or any part of it."
+)
+_V2_TOUCHES = (
+    f"{_SHAPE} about the query's topic that comes close to the answer but does not give it. "
+    "It must mention what the answer depends on, for example the method or the quantities involved; "
+    "it must not state the answer itself."
+)
+_V2_PARTLY = (
+    f"{_SHAPE} that gives only part of the answer to this query. "
+    "It must state one part of the answer, for example one of several reasons or the answer without its details; "
+    "it must not give the whole answer."
+)
+_V2_FULLY = (
+    f"{_SHAPE} that answers this query completely and directly. "
+    "It must state the whole answer in its first sentence, for example the value, reason or method asked for "
+    "with its key facts; it must not be vague or change the subject."
+)
+
+V2 = PromptTemplate(
+    version="v2",
+    system=(
+        "You write short, factual paragraphs like those found on web pages. "
+        "Each request says what the paragraph must contain and what it must not contain; follow it exactly. "
+        "Write only the paragraph, nothing else: no title, no notes, no mention of these instructions."
+    ),
+    user="Query: {query}\n\n{guideline}",
+    guidelines={
+        2: (_V2_NOT_RELEVANT, _V2_FULLY),
+        3: (_V2_UNRELATED, _V2_ON_TOPIC, _V2_FULLY),
+        4: (_V2_UNRELATED, _V2_ON_TOPIC, _V2_PARTLY, _V2_FULLY),
+        5: (_V2_UNRELATED, _V2_ON_TOPIC, _V2_TOUCHES, _V2_PARTLY, _V2_FULLY),
+    },
+)
+
+VERSIONS: dict[str, PromptTemplate] = {V1.version: V1, V2.version: V2}
 
 
 def get_template(version: str) -> PromptTemplate:
