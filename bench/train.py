@@ -1,7 +1,7 @@
 """Training throughput: synrank on Ray Train against sentence-transformers, same model, data, batch,
 max length, in the same run.
 
-    .venv/bin/python bench/train.py [--batch 16] [--steps 8] [--max-length 64] [--repeats 2]
+    .venv/bin/python bench/train.py [--batch 16] [--steps 8] [--max-length 64] [--repeats 2] [--length-bucketing]
 
 Data: Cranfield human groups (train half of the seeded query split, 5 grades, BM25 negatives),
 k = 4 passages per query. sentence-transformers gets the same groups as (anchor, positive,
@@ -20,7 +20,9 @@ Ray workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's defau
 ST process. 1 worker: one Ray worker with all the box's CPUs as torch threads, like the ST process. 2 workers:
 two Ray workers (gloo DDP, embeddings all-gathered) splitting the same global batch, each with
 half the CPUs. "loss share" is the fraction of a synrank step spent in the loss (forward and
-backward), measured inside the loop.
+backward), measured inside the loop. synrank encodes queries and passages in length-sorted chunks
+(always); ``--length-bucketing`` also turns on ``train.length_bucketing`` (batches of groups of
+similar length, which changes the in-batch negatives; sentence-transformers keeps its random batches).
 
 Writes bench/results/train.json.
 """
@@ -107,7 +109,7 @@ def run_st(groups: str, model_path: str, batch: int, steps: int, max_length: int
 
 
 def run_synrank(groups: str, model_path: str, batch: int, steps: int, max_length: int, workers: int,
-                cpus: int) -> dict:
+                cpus: int, length_bucketing: bool = False) -> dict:
     from synrank.config import EncoderConfig, TrainConfig
     from synrank.train import fit
 
@@ -115,7 +117,8 @@ def run_synrank(groups: str, model_path: str, batch: int, steps: int, max_length
                                             max_passage_length=max_length),
                       loss="infonce", loss_params={"temperature": 0.05}, batch_size=batch // workers,
                       num_workers=workers, cpus_per_worker=max(1, cpus // workers), max_steps=steps, lr=2e-5,
-                      warmup_ratio=0.1, checkpoint_every=10_000, keep_checkpoints=1, amp=False)
+                      warmup_ratio=0.1, checkpoint_every=10_000, keep_checkpoints=1, amp=False,
+                      length_bucketing=length_bucketing)
     with tempfile.TemporaryDirectory() as out:
         result = fit(cfg, groups, out, export=False)
     h = result.metrics_history[1:]
@@ -131,6 +134,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--length-bucketing", action="store_true", help="synrank with train.length_bucketing")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
@@ -150,8 +154,10 @@ def main() -> int:
     repeats = []
     for r in range(args.repeats):
         st = run_st(groups, model_path, args.batch, args.steps, args.max_length, args.cpus)
-        one = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 1, args.cpus)
-        two = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 2, args.cpus)
+        one = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 1, args.cpus,
+                          args.length_bucketing)
+        two = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 2, args.cpus,
+                          args.length_bucketing)
         repeats.append({"st": st, "synrank_1": one, "synrank_2": two,
                         "ratio_1": one["examples_per_s"] / st["examples_per_s"],
                         "ratio_2": two["examples_per_s"] / st["examples_per_s"]})
@@ -176,6 +182,7 @@ def main() -> int:
         "settings": {"model": "all-MiniLM-L6-v2 (packaged)", "data": f"cranfield human groups ({n_groups})",
                      "batch_queries": args.batch, "group_size": args.group_size, "max_length": args.max_length,
                      "steps": args.steps, "repeats": args.repeats, "cpus": args.cpus,
+                     "length_bucketing": args.length_bucketing,
                      "ray_worker_niceness": os.environ.get("RAY_worker_niceness")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},

@@ -241,6 +241,10 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
+    length_bucketing: bool = Field(
+        False, description="batch groups of similar length (sorted within windows of length_bucket_window "
+        "batches, the batches shuffled): less padding, but other in-batch negatives than the plain random order")
+    length_bucket_window: int = Field(32, ge=1, description="batches per window sorted by length (length_bucketing)")
     fail_at_step: int | None = Field(None, description="test-only: a worker raises at this step once")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping (None: off)")

@@ -13,6 +13,15 @@ worker runs the same number of micro-batches per epoch, and the global batch of 
 is the workers' batches in rank order. The data position is one integer, the micro-batch counter,
 so a resumed run continues exactly where it stopped.
 
+Length buckets (``train.length_bucketing``, off by default). The epoch's permutation is cut into
+windows of ``bucket_window`` batches; each window is sorted by group length (characters of the query
+and of its passages, each clipped to what the encoder keeps), cut into batches, and all full batches
+of the epoch are then shuffled (``default_rng([seed, epoch, rank, 1])``). The order stays random at
+the epoch level and a pure function of (seed, epoch, rank, lengths), so resume is as exact as
+without it; but queries of similar length now share a batch, so a query sees other in-batch
+negatives than in the plain order: that is why it is opt-in. Its gain is the padding that the
+length-sorted encoder chunks of one batch (``synrank.train.loop.tokenize_batch``) cannot remove.
+
 Candidates. Every query of the global batch scores every passage slot of the global batch:
 ``N = world_size * batch_size * K`` slots, worker-major, then query, then position in the group
 (exactly the order of an all-gather of the per-worker slots). Label of query ``i`` for slot ``j``:
@@ -91,6 +100,20 @@ class GroupShard:
     def max_group_size(self) -> int:
         return int(pc.max(pc.list_value_length(self.table.column("doc_ids"))).as_py() or 0)
 
+    def lengths(self, max_query_chars: int | None = None, max_passage_chars: int | None = None) -> np.ndarray:
+        """int64 [n]: characters of each group's query and passages, each text clipped to its maximum
+        (what survives truncation), for length bucketing."""
+        def clipped(texts: pa.Array, cap: int | None) -> np.ndarray:
+            n = pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
+            return np.minimum(n, cap) if cap is not None else n
+
+        query = clipped(self.table.column("query").combine_chunks(), max_query_chars)
+        texts = self.table.column("texts").combine_chunks()
+        owner = pc.list_parent_indices(texts).to_numpy(zero_copy_only=False)
+        passages = np.bincount(owner, weights=clipped(pc.list_flatten(texts), max_passage_chars),
+                               minlength=len(self)).astype(np.int64)
+        return query + passages
+
     def take(self, indices: np.ndarray) -> list[Group]:
         rows = self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
         return [Group(r["query_id"], r["query"], r["doc_ids"], r["texts"], [float(g) for g in r["grades"]],
@@ -113,10 +136,11 @@ def _check_lengths(table: pa.Table, source: str) -> None:
 
 
 class BatchPlan:
-    """Which of this worker's groups form its part of micro-batch ``m`` (see the module doc)."""
+    """Which of this worker's groups form its part of micro-batch ``m`` (see the module doc).
+    With ``lengths`` (one per group of the shard), batches are length-bucketed."""
 
     def __init__(self, shard_size: int, batch_size: int, world_size: int, seed: int, rank: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, lengths: np.ndarray | None = None, bucket_window: int = 32) -> None:
         self.n = shard_size
         self.batch_size = batch_size
         self.seed = seed
@@ -127,14 +151,32 @@ class BatchPlan:
             raise ValueError(f"{shard_size * world_size} training groups ({shard_size} per worker) cannot fill one "
                              f"global batch of {batch_size * world_size} (batch_size {batch_size} x {world_size} "
                              "worker(s)); use a smaller batch or more groups")
+        if lengths is not None and len(lengths) != shard_size:
+            raise ValueError(f"{len(lengths)} lengths for a shard of {shard_size} groups")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_window = max(1, bucket_window)
         self._perm: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != epoch:
             perm = (np.random.default_rng([self.seed, epoch, self.rank]).permutation(self.n) if self.shuffle
                     else np.arange(self.n))
+            if self.lengths is not None:
+                perm = self._bucketed(perm, epoch)
             self._perm = (epoch, perm)
         return self._perm[1]
+
+    def _bucketed(self, perm: np.ndarray, epoch: int) -> np.ndarray:
+        """``perm`` sorted by length within windows of ``bucket_window`` batches, its full batches shuffled
+        (the tail that fills no batch stays last, skipped as in the plain order)."""
+        window = self.bucket_window * self.batch_size
+        sorted_ = np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                                  for chunk in np.split(perm, range(window, self.n, window))])
+        full = self.per_epoch * self.batch_size
+        batches = sorted_[:full].reshape(self.per_epoch, self.batch_size)
+        if self.shuffle:
+            batches = batches[np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(self.per_epoch)]
+        return np.concatenate([batches.reshape(-1), sorted_[full:]])
 
     def epoch_of(self, micro: int) -> int:
         return micro // self.per_epoch

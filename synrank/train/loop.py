@@ -8,7 +8,8 @@ loop in this process without Ray (one worker, the whole table), for tests and de
 One step, per worker:
 
 1. collate this worker's ``batch_size`` groups: queries, passages and compact per-query label data;
-2. encode queries and passages (one DDP forward through the shared encoder);
+2. encode queries and passages (one DDP forward through the shared encoder), each side in chunks of
+   similar token length that pad only to their own longest text (``tokenize_batch``);
 3. all-gather query and passage embeddings *with gradients* (``gather_with_grad``), so every
    worker holds the embeddings of the global batch; all-gather the compact label data and build
    the global labels and mask from it on the device (``global_labels``);
@@ -42,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from synrank.config import TrainConfig
+from synrank.config import EncoderConfig, TrainConfig
 from synrank.encoder import BiEncoder, similarity
 from synrank.losses.labels import label_matrices
 from synrank.train.collate import Batch, BatchPlan, GroupShard, collate
@@ -110,14 +111,17 @@ def global_labels(batch: Batch, device: torch.device, in_batch_negatives: bool) 
 
 class Towers(nn.Module):
     """One forward for queries and passages through the shared encoder (one DDP call per step).
-    Passages come as length-sorted chunks (see ``scores_for``); their embeddings are concatenated."""
+    Both come as length-sorted chunks (see ``tokenize_batch``); each side's embeddings are
+    concatenated in chunk order."""
 
     def __init__(self, encoder: BiEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, queries: dict[str, torch.Tensor], passages: list[dict[str, torch.Tensor]]):
-        q = self.encoder(queries)
+    def forward(self, queries: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+                passages: list[dict[str, torch.Tensor]]):
+        chunks = [queries] if isinstance(queries, dict) else queries
+        q = torch.cat([self.encoder(chunk) for chunk in chunks], dim=0)
         if not passages:
             return q, q.new_zeros((0, q.shape[1]))
         return q, torch.cat([self.encoder(chunk) for chunk in passages], dim=0)
@@ -155,33 +159,78 @@ def build_encoder(config: TrainConfig) -> BiEncoder:
 
 
 def passage_chunks(n: int, n_queries: int) -> int:
-    """Passages per encoder call: about one passage per query of the batch, at least 16."""
+    """At most this many texts per encoder call: about one per query of the batch, at least 16."""
     return max(16, n_queries)
+
+
+# The cost of one more encoder call (forward and backward), in padded tokens: the call overhead of
+# a small encoder such as MiniLM, estimated (CPU: a few ms at ~0.5 ms a token; GPU: a few ms of
+# kernel launches at microseconds a token). `length_chunks` splits a batch when that saves more.
+CALL_COST_TOKENS = {"cpu": 16, "cuda": 4096}
+
+
+def length_chunks(lengths: np.ndarray, max_rows: int, call_cost: int) -> list[int]:
+    """Chunk boundaries (ends) for texts sorted by token length ascending: the split into runs of at
+    most ``max_rows`` that minimises padded tokens plus ``call_cost`` per chunk (each chunk pads to
+    its longest text). Exact dynamic programme, O(n * max_rows) in numpy."""
+    n = len(lengths)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        starts = np.arange(max(0, end - max_rows), end)
+        cost = best[starts] + (end - starts) * lengths[end - 1] + call_cost
+        i = int(np.argmin(cost))
+        best[end], cut[end] = cost[i], starts[i]
+    ends, end = [], n
+    while end > 0:
+        ends.append(end)
+        end = int(cut[end])
+    return ends[::-1]
+
+
+def sorted_chunks(features: dict[str, torch.Tensor], max_rows: int, call_cost: int, right_padded: bool = True
+                  ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    """Rows of a padded tokenization regrouped into chunks of similar length, each cut to its own
+    longest row; and the order (long tensor) of the rows in the concatenated chunks."""
+    lengths = features["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths[order].numpy()
+    chunks, begin = [], 0
+    for end in length_chunks(sorted_lengths, max_rows, call_cost):
+        rows, width = order[begin:end], int(sorted_lengths[end - 1])
+        cols = slice(None, width) if right_padded else slice(-width, None)
+        chunks.append({k: v[rows, cols].contiguous() for k, v in features.items()})
+        begin = end
+    return chunks, order
 
 
 @dataclass
 class StepInputs:
-    """One batch's tokenized queries and length-sorted passage chunks, on the CPU."""
+    """One batch's tokenized queries and passages, each as length-sorted chunks, on the CPU."""
 
-    queries: dict[str, torch.Tensor]
+    queries: list[dict[str, torch.Tensor]]
+    query_rows: torch.Tensor  # long [B]: where each query's embedding is in the concatenated chunks
     chunks: list[dict[str, torch.Tensor]]
-    order: list[int]
+    slots: torch.Tensor  # long [passages]: the slot (Batch.slots) of each passage of the concatenated chunks
     chunk_size: int
 
 
 def tokenize_batch(encoder: BiEncoder, batch: Batch, pin_memory: bool = False,
-                   chunk_size: int | None = None) -> StepInputs:
-    """Passages are cut into chunks of similar length (sorted by characters), so a short passage is
-    not padded to the longest one of the whole batch; `chunk_size` (GradCache's) caps a chunk."""
-    order = sorted(range(len(batch.passages)), key=lambda i: len(batch.passages[i]))
-    size = chunk_size or passage_chunks(len(order), batch.n_queries)
-    queries = encoder.tokenize(batch.queries, "query")
-    chunks = [encoder.tokenize([batch.passages[i] for i in order[c : c + size]], "passage")
-              for c in range(0, len(order), size)]
+                   chunk_size: int | None = None, call_cost: int = CALL_COST_TOKENS["cpu"]) -> StepInputs:
+    """Queries and passages are each tokenized once and regrouped into chunks of similar token length
+    (``sorted_chunks``), so a short text is not padded to the longest one of the whole batch; a chunk
+    holds at most `chunk_size` texts (GradCache's), else ``passage_chunks``."""
+    size = chunk_size or passage_chunks(len(batch.passages), batch.n_queries)
+    right = encoder.tokenizer.padding_side == "right"
+    queries, query_order = sorted_chunks(encoder.tokenize(batch.queries, "query"), size, call_cost, right)
+    if batch.passages:
+        chunks, order = sorted_chunks(encoder.tokenize(batch.passages, "passage"), size, call_cost, right)
+    else:
+        chunks, order = [], torch.zeros(0, dtype=torch.long)
     if pin_memory:
-        queries = {k: v.pin_memory() for k, v in queries.items()}
+        queries = [{k: v.pin_memory() for k, v in chunk.items()} for chunk in queries]
         chunks = [{k: v.pin_memory() for k, v in chunk.items()} for chunk in chunks]
-    return StepInputs(queries, chunks, order, size)
+    return StepInputs(queries, torch.argsort(query_order), chunks, batch.slots[order], size)
 
 
 class BatchFeed:
@@ -191,18 +240,19 @@ class BatchFeed:
     draws from (seed, epoch), not from a shared random state."""
 
     def __init__(self, groups: GroupShard, plan: BatchPlan, group_size: int, seed: int, encoder: BiEncoder,
-                 end_micro: int, prefetch: bool, pin_memory: bool, chunk_size: int | None = None) -> None:
+                 end_micro: int, prefetch: bool, pin_memory: bool, chunk_size: int | None = None,
+                 call_cost: int = CALL_COST_TOKENS["cpu"]) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.groups, self.plan, self.group_size, self.seed, self.encoder = groups, plan, group_size, seed, encoder
-        self.end_micro, self.pin_memory, self.chunk_size = end_micro, pin_memory, chunk_size
+        self.end_micro, self.pin_memory, self.chunk_size, self.call_cost = end_micro, pin_memory, chunk_size, call_cost
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synrank-batches") if prefetch else None
         self._ahead: dict[int, Any] = {}
 
     def _prepare(self, micro: int) -> tuple[Batch, StepInputs]:
         batch = collate(self.groups.take(self.plan.indices(micro)), self.group_size, seed=self.seed,
                         epoch=self.plan.epoch_of(micro))
-        return batch, tokenize_batch(self.encoder, batch, self.pin_memory, self.chunk_size)
+        return batch, tokenize_batch(self.encoder, batch, self.pin_memory, self.chunk_size, self.call_cost)
 
     def get(self, micro: int) -> tuple[Batch, StepInputs]:
         ahead = self._ahead.pop(micro, None)
@@ -221,22 +271,20 @@ def scores_for(model: nn.Module, encoder: BiEncoder, batch: Batch, device: torch
     """[B_global, N] float32 scores of the global batch (gathered) from this worker's batch
     (tokenized here unless `inputs` holds it already, see `tokenize_batch`)."""
     inputs = inputs or tokenize_batch(encoder, batch)
-    q_feat = _to(inputs.queries, device)
-    chunks = [_to(chunk, device) for chunk in inputs.chunks]
-    q, p = model(q_feat, chunks)
-    return global_scores(q, p, batch, inputs.order)
+    q, p = model([_to(chunk, device) for chunk in inputs.queries], [_to(chunk, device) for chunk in inputs.chunks])
+    return global_scores(q, p, batch, inputs)
 
 
 def _to(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in features.items()}
 
 
-def global_scores(q: torch.Tensor, p: torch.Tensor, batch: Batch, order: list[int]) -> torch.Tensor:
+def global_scores(q: torch.Tensor, p: torch.Tensor, batch: Batch, inputs: StepInputs) -> torch.Tensor:
     """Scores of every query of the global batch against every passage slot of it, from this
-    worker's query embeddings and its passage embeddings in `order` (gathered with gradients)."""
+    worker's query and passage embeddings in the order of `inputs`' chunks (gathered with gradients)."""
+    q = q[inputs.query_rows.to(q.device)]
     slots = q.new_zeros((batch.n_queries * batch.group_size, q.shape[1]))
-    where = batch.slots[torch.tensor(order, dtype=torch.long)] if order else batch.slots
-    slots = slots.index_copy(0, where.to(q.device), p.to(slots.dtype))
+    slots = slots.index_copy(0, inputs.slots.to(q.device), p.to(slots.dtype))
     local = torch.cat([q, slots], dim=0)
     gathered = gather_with_grad(local)
     world = gathered.shape[0] // local.shape[0]
@@ -244,11 +292,6 @@ def global_scores(q: torch.Tensor, p: torch.Tensor, batch: Batch, order: list[in
     q_all = gathered[:, : batch.n_queries].reshape(-1, q.shape[1])
     p_all = gathered[:, batch.n_queries :].reshape(-1, q.shape[1])
     return similarity(q_all, p_all)
-
-
-def _split_rows(features: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = next(iter(features.values())).shape[0]
-    return [{k: v[i : i + size] for k, v in features.items()} for i in range(0, n, size)]
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -264,8 +307,7 @@ def grad_cached_backward(model: nn.Module, encoder: BiEncoder, batch: Batch, dev
     backpropagate that chunk's cached gradient. At most one chunk's activations are alive at a time.
     Each chunk's second forward replays the random state of its first, so dropout masks agree.
     `loss_of(scores)` returns the loss to backpropagate; returns it (detached)."""
-    chunks = ([_to(c, device) for c in _split_rows(inputs.queries, inputs.chunk_size)]
-              + [_to(c, device) for c in inputs.chunks])
+    chunks = [_to(c, device) for c in inputs.queries] + [_to(c, device) for c in inputs.chunks]
     n_query_chunks = len(chunks) - len(inputs.chunks)
     states, cached = [], []
     with torch.no_grad():
@@ -275,7 +317,7 @@ def grad_cached_backward(model: nn.Module, encoder: BiEncoder, batch: Batch, dev
                 cached.append(encoder(chunk).detach().requires_grad_(True))
     q = torch.cat(cached[:n_query_chunks], dim=0)
     p = torch.cat(cached[n_query_chunks:], dim=0) if inputs.chunks else q.new_zeros((0, q.shape[1]))
-    loss = loss_of(global_scores(q, p, batch, inputs.order))
+    loss = loss_of(global_scores(q, p, batch, inputs))
 
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     devices = [device] if device.type == "cuda" else []
@@ -290,6 +332,12 @@ def grad_cached_backward(model: nn.Module, encoder: BiEncoder, batch: Batch, dev
                 again, _ = model(chunk, [])
             again.backward(embedding.grad.to(again.dtype))
     return loss.detach()
+
+
+def bucket_lengths(groups: GroupShard, encoder: EncoderConfig) -> np.ndarray:
+    """Each group's length for length bucketing: characters of its texts, each clipped to about what
+    the encoder keeps (about 5 characters a token in English text)."""
+    return groups.lengths(5 * encoder.max_query_length, 5 * encoder.max_passage_length)
 
 
 def build_loss(config: TrainConfig):
@@ -470,7 +518,9 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
     _seed_everything(config.seed + rank)
 
     k = config.group_size or groups.max_group_size
-    plan = BatchPlan(len(groups), config.batch_size, world, config.seed, rank)
+    plan = BatchPlan(len(groups), config.batch_size, world, config.seed, rank,
+                     lengths=bucket_lengths(groups, config.encoder) if config.length_bucketing else None,
+                     bucket_window=config.length_bucket_window)
     steps_per_epoch = plan.per_epoch // config.grad_accumulation
     if steps_per_epoch == 0:
         raise ValueError(f"{len(groups) * world} groups give {plan.per_epoch} global batch(es) per epoch, fewer "
@@ -488,7 +538,9 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             towers, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(_param_groups(towers, config.weight_decay), lr=config.lr)
+    # fused: one kernel over all parameters instead of a loop of small ops per tensor (the same update)
+    optimizer = torch.optim.AdamW(_param_groups(towers, config.weight_decay), lr=config.lr,
+                                  fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
     loss_fn = build_loss(config)
 
@@ -523,7 +575,8 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
 
     feed = BatchFeed(groups, plan, k, config.seed, encoder,
                      end_micro=state.micro + (total - state.step) * config.grad_accumulation,
-                     prefetch=config.prefetch, pin_memory=device.type == "cuda", chunk_size=config.grad_cache_chunk)
+                     prefetch=config.prefetch, pin_memory=device.type == "cuda", chunk_size=config.grad_cache_chunk,
+                     call_cost=CALL_COST_TOKENS.get(device.type, CALL_COST_TOKENS["cuda"]))
     try:
         while state.step < total:
             if (config.fail_at_step is not None and state.step + 1 == config.fail_at_step and fault_marker is not None
