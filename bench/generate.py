@@ -19,7 +19,10 @@ Measured, one after another in the same run:
 3. `synrank generate`: the whole pipeline (`synrank.generate.pipeline.generate`) on the same
    queries with the same running engine: Ray Data, prompt building, validation, retries of
    rejected passages, Parquet shards. Tokens of every attempt count; the time is the pipeline's
-   wall time without the report (level fidelity loads an encoder) and without engine start.
+   wall time without the report (level fidelity loads an encoder) and without engine start;
+   `engine_call_s` (its engine calls: one per shard, the retries of rejected passages inside its
+   running batch; `retry_call_s`: further calls, for rows whose passage duplicated another) and
+   `outside_engine_calls_s` (Ray Data, prompts, validation, Parquet files) split it.
 
 Ratios: synrank generate / transformers (the goal: >= 3x on CPU) and pipeline / standalone (what
 Ray Data and the pipeline cost around the engine). Engine start is reported separately: it is paid
@@ -206,6 +209,13 @@ def main() -> int:
             "tokens_per_s": this["tokens_per_s"], "rows": res.report["rows"], "expected_rows": res.report["expected_rows"],
             "rejected_attempts": res.report["rejections"]["total"], "peak_pss_mib": mem.mib,
             "engine_peak_pss_mib": mem.focus_mib,
+            # where the pipeline's time goes: its engine calls (retries of rejected passages inside
+            # them; retry_call_s: further calls for duplicates), and everything around them (Ray
+            # Data, prompts, validation, files)
+            "engine_calls": int(sum(s["engine_calls"] for s in res.summaries)),
+            "engine_call_s": round(sum(s["engine_call_s"] for s in res.summaries), 2),
+            "retry_call_s": round(sum(s.get("retry_call_s", 0.0) for s in res.summaries), 2),
+            "outside_engine_calls_s": round(this["wall_s"] - sum(s["engine_call_s"] for s in res.summaries), 2),
         }
         rows.append(("synrank generate (Ray Data pipeline)", results["synrank_generate"]))
     finally:
@@ -231,6 +241,9 @@ def main() -> int:
         print(f"{name:<40}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.2f}{r['peak_pss_mib']:>14.0f}"
               f"{engine_mib:>12.0f}")
     print(f"engine start: {startup_s:.1f} s (once per run; none with a named pool)")
+    sgr = results["synrank_generate"]
+    print(f"synrank generate: {sgr['engine_calls']} engine call(s) {sgr['engine_call_s']:.2f} s, of which further calls "
+          f"{sgr['retry_call_s']:.2f} s; outside the engine calls {sgr['outside_engine_calls_s']:.2f} s")
     for k, v in ratios.items():
         print(f"{k}: {v}")
     out = Path(args.out)

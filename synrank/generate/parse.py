@@ -2,9 +2,10 @@
 
 `parse_passage(text, finish_reason)` never raises (whatever the model wrote) and returns a
 `ParsedPassage`: the cleaned text when accepted, else the rejection `reason` (one of `REASONS`)
-with a human-readable `detail`. Duplicates are a property of a set of passages, not of one text:
-`DuplicateFilter` keeps the first of exact duplicates (after whitespace/case normalisation) within
-one query.
+with a human-readable `detail`. `parse_passages(texts, finish_reasons)` does the same for a whole
+engine batch (the generation pipeline's path), with the same decisions. Duplicates are a property
+of a set of passages, not of one text: `DuplicateFilter` keeps the first of exact duplicates
+(after whitespace/case normalisation) within one query.
 
 Rules, in order:
 1. cleaning (not a rejection): special tokens (`<|im_end|>`, `</s>`, ...), a leading role label
@@ -27,6 +28,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Sequence
 
 REASONS = ("empty", "refusal", "repetition", "truncated", "too_short", "duplicate", "engine_error")
 
@@ -203,6 +205,25 @@ def parse_passage(text: object, finish_reason: object = "stop", settings: ParseS
         return _parse(text, str(finish_reason or ""), settings)
     except Exception as exc:  # pragma: no cover - a bug in a rule must not fail a job
         return ParsedPassage("", "empty", f"parser error: {type(exc).__name__}: {exc}")
+
+
+def parse_passages(texts: Sequence[object], finish_reasons: Sequence[object],
+                   settings: ParseSettings = ParseSettings()) -> list[ParsedPassage]:
+    """`parse_passage` over a batch, in order. The rules run once per distinct (text, finish
+    reason): the passages a model repeats word for word, the empty answers and the rows of a failed
+    call (all alike) cost one parse each. Never raises on what the model wrote."""
+    if len(texts) != len(finish_reasons):
+        raise ValueError(f"{len(texts)} texts for {len(finish_reasons)} finish reasons")
+    done: dict[tuple[object, str], ParsedPassage] = {}
+    out = []
+    for raw, finish in zip(texts, finish_reasons):
+        finish = str(finish or "")
+        key = (raw if isinstance(raw, str) else None, finish)
+        parsed = done.get(key)
+        if parsed is None:
+            parsed = done[key] = parse_passage(raw, finish, settings)
+        out.append(parsed)
+    return out
 
 
 def _parse(raw: object, finish_reason: str, settings: ParseSettings) -> ParsedPassage:

@@ -3,17 +3,22 @@
     result = generate(GenerateConfig(queries="queries.jsonl", out="runs/syn"))
     result.report["per_level"]      # also printed, and written to runs/syn/_report.json
 
-Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries):
+Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries, one Ray Data stage):
 
-    shard tasks --map(build_requests)--> requests (query x level x sample, with their chats and doc ids)
-                --map(ShardGenerator, actor pool)--> engine pool (vLLM actors) -> validation
-                   -> bounded retries of rejected rows -> the shard's files, written atomically
-                --> one summary row per shard back to the driver (progress, report)
+    shard tasks --map(generate_shard), tasks, two per engine-->
+        requests (query x level x sample, with their chats and doc ids) -> engine pool (vLLM actors):
+        one `generate_until_valid` call, where the parser (`PassageCheck`) judges each finished
+        passage and a rejected row's next attempt joins the engine's running batch at once (at most
+        `max_retries`) -> duplicates resolved in request order (`_resolve`; a row that loses is
+        retried in a further call) -> the shard's files, written atomically
+    --> one summary row per shard back to the driver (progress, report)
 
 Each shard is sent whole to one engine of the pool (`shard % num_engines`), so vLLM batches all
-its prompts at once and prefix caching serves the levels of a query from one prefix. Validation
+its prompts at once and prefix caching serves the levels of a query from one prefix; its retries
+run in that same batch, not as small calls afterwards with the engine nearly idle. Validation
 needs the engine again (retries), which is why generation, parsing and writing of a shard happen in
-one Ray Data stage.
+one Ray Data stage; it is a stage of tasks, which start in workers that are already up (an actor
+pool would be started and stopped with every run, seconds during which the engines wait).
 
 Output folder (local path or fsspec URL):
 
@@ -65,11 +70,11 @@ from synrank import storage
 from synrank.storage import write_json, write_parquet
 from synrank.generate.layout import (ERRORS, ERRORS_DIR, FIDELITY, MANIFEST, REPORT, STATS_DIR, errors_path,
                                      part_path, stats_path)
-from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage
+from synrank.generate.parse import DuplicateFilter, ParseSettings, parse_passage, parse_passages
 from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import swap_partners
 from synrank.llm import shards
-from synrank.llm.engine import SamplingSpec, generator_label, spec_from_config
+from synrank.llm.engine import SamplingSpec, generator_label, retry_by_calls, spec_from_config
 from synrank.llm.pool import EngineError, PoolHandle
 from synrank.llm.seeds import stable_int
 
@@ -254,22 +259,16 @@ def build_requests(task: ShardTask, settings: RunSettings) -> list[dict[str, Any
     return requests
 
 
-def _expand(row: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
+def generate_shard(row: dict[str, Any], settings: RunSettings, pool: Any) -> dict[str, Any]:
+    """The engine stage of the Ray Data pipeline: one shard in (its task), its files written, a
+    summary out. `pool`: a picklable handle with `generate_on` (`synrank.llm.pool.PoolHandle`).
+
+    A plain task, not an actor pool: Ray Data starts and stops an actor pool for every run (seconds
+    of a run's wall time spent with the engines idle), while tasks run in workers that are already
+    up; the requests are built here rather than in a stage of their own for the same reason."""
     task = ShardTask.from_json(row["task"])
-    return {"task": row["task"], "requests": json.dumps(build_requests(task, settings))}
-
-
-class ShardGenerator:
-    """The engine stage of the Ray Data pipeline: one shard in, its files written, a summary out."""
-
-    def __init__(self, pool: Any, settings: RunSettings) -> None:
-        self.pool = pool  # synrank.llm.pool.PoolHandle
-        self.settings = settings
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        task = ShardTask.from_json(row["task"])
-        requests = json.loads(row["requests"])
-        return run_shard(task, requests, self.settings, self.pool.generate_on)
+    return run_shard(task, build_requests(task, settings), settings, pool.generate_on,
+                     getattr(pool, "generate_until_valid_on", None))
 
 
 def _row_seed(settings: RunSettings, request: dict[str, Any], attempt: int) -> int:
@@ -285,62 +284,124 @@ def _engine_error_row(r: dict[str, Any], attempt: int, detail: str, settings: Ru
     }
 
 
-def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSettings, generate_on) -> dict[str, Any]:
-    """Generate, validate (with retries) and write one shard; returns its stats."""
-    started = time.perf_counter()
+def _resolve(requests: list[dict[str, Any]], tries: dict[str, list[tuple[int, Any]]], order: dict[str, int],
+             settings: RunSettings) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Accepted passages and rejected attempts of every row from all its attempts so far. Each
+    attempt is parsed; among those that pass, the first of equal passages of a query (by attempt,
+    then request order, whatever order the engine finished them in) wins, the others are duplicates."""
+    by_id = {r["doc_id"]: r for r in requests}
+    flat = sorted(((a, order[d], d, c) for d, attempts in tries.items() for a, c in attempts), key=lambda t: t[:2])
+    validated = parse_passages([c.text for *_, c in flat], [c.finish_reason for *_, c in flat], settings.parse)
     dedup = DuplicateFilter()
     accepted: dict[str, dict[str, Any]] = {}
     errors: list[dict[str, Any]] = []
-    stats = {"attempt_tokens": 0, "prompt_tokens": 0, "engine_call_s": 0.0, "engine_calls": 0, "trimmed": 0}
-    pending = list(requests)
-    for attempt in range(settings.max_retries + 1):
-        if not pending:
-            break
-        sampling = settings.sampling if attempt == 0 else settings.retry_sampling
-        seeds = [_row_seed(settings, r, attempt) for r in pending]
+    for (attempt, _, d, c), parsed in zip(flat, validated):
+        r = by_id[d]
+        reason, detail = parsed.reason, parsed.detail
+        if parsed.ok and dedup.seen(r["query_id"], parsed.text):
+            reason, detail = "duplicate", "the same text as another passage of this query"
+        if reason is None:
+            accepted[d] = {
+                "query_id": r["query_id"],
+                "doc_id": d,
+                "level": r["level"],
+                "text": parsed.text,
+                "model": settings.model,
+                "prompt_version": settings.prompt_version,
+                "seed": c.seed if c.seed is not None else settings.seed,
+                "n_tokens": c.n_tokens,
+                "finish_reason": c.finish_reason,
+                "for_query_id": r["for_query_id"],
+                "_trimmed": parsed.trimmed,
+            }
+            continue
+        errors.append({
+            "query_id": r["query_id"], "doc_id": d, "level": r["level"], "sample": r["sample"],
+            "attempt": attempt, "final": attempt == settings.max_retries, "reason": reason, "detail": detail,
+            "text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
+            "for_query_id": r["for_query_id"], "model": settings.model, "prompt_version": settings.prompt_version,
+        })
+    return accepted, errors
+
+
+@dataclass(frozen=True)
+class PassageCheck:
+    """The validator the engine runs on each finished attempt (`Engine.generate_until_valid`):
+    what `parse_passage` accepts. Duplicates are not its business: which of two equal passages
+    wins depends on the order of the rows, not of their finishing (`_resolve`)."""
+
+    parse: ParseSettings
+
+    def __call__(self, index: int, attempt: int, completion: Any) -> bool:
+        return parse_passage(completion.text, completion.finish_reason, self.parse).ok
+
+
+def _until_valid_by_calls(generate_on, engine: int, stats: dict[str, Any]):
+    """`generate_until_valid_on` for a handle with `generate_on` only: one call per attempt (each
+    counted, those after the shard's first as retries)."""
+
+    def generate(prompts, sampling, seeds):
         t0 = time.perf_counter()
         try:
-            completions = generate_on(task.engine, [r["chat"] for r in pending], sampling, seeds)
-        except EngineError as exc:  # restarted and retried by the pool already: the rows are lost
-            log.warning("shard %d: %d row(s) lost to an engine error: %s", task.shard, len(pending), exc)
-            errors.extend(_engine_error_row(r, attempt, str(exc), settings) for r in pending)
-            break
+            return generate_on(engine, prompts, sampling, seeds)
         finally:
             stats["engine_call_s"] += time.perf_counter() - t0
+            if stats["engine_calls"]:
+                stats["retry_call_s"] += time.perf_counter() - t0
             stats["engine_calls"] += 1
-        retry = []
-        for r, c in zip(pending, completions):
-            stats["attempt_tokens"] += c.n_tokens
-            stats["prompt_tokens"] += c.prompt_tokens
-            parsed = parse_passage(c.text, c.finish_reason, settings.parse)
-            reason, detail = parsed.reason, parsed.detail
-            if parsed.ok and dedup.seen(r["query_id"], parsed.text):
-                reason, detail = "duplicate", "the same text as another passage of this query"
-            if reason is None:
-                stats["trimmed"] += int(parsed.trimmed)
-                accepted[r["doc_id"]] = {
-                    "query_id": r["query_id"],
-                    "doc_id": r["doc_id"],
-                    "level": r["level"],
-                    "text": parsed.text,
-                    "model": settings.model,
-                    "prompt_version": settings.prompt_version,
-                    "seed": c.seed if c.seed is not None else settings.seed,
-                    "n_tokens": c.n_tokens,
-                    "finish_reason": c.finish_reason,
-                    "for_query_id": r["for_query_id"],
-                }
-                continue
-            final = attempt == settings.max_retries
-            errors.append({
-                "query_id": r["query_id"], "doc_id": r["doc_id"], "level": r["level"], "sample": r["sample"],
-                "attempt": attempt, "final": final, "reason": reason, "detail": detail, "text": c.text,
-                "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "for_query_id": r["for_query_id"],
-                "model": settings.model, "prompt_version": settings.prompt_version,
-            })
-            if not final:
-                retry.append(r)
-        pending = retry
+
+    def until_valid(index, prompts, seeds, validate, **kwargs):
+        return retry_by_calls(generate, prompts, seeds, validate, **kwargs)
+
+    return until_valid
+
+
+def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSettings, generate_on,
+              generate_until_valid_on=None) -> dict[str, Any]:
+    """Generate, validate (with retries) and write one shard; returns its stats.
+
+    With `generate_until_valid_on` (`PoolHandle`) the shard is one engine call: rejected rows are
+    retried inside the engine's running batch. A row that passed the parser there but duplicates a
+    passage of its query that comes first (by attempt, then request order: the order the retries of
+    separate calls had) is retried in a further call. Without it, one `generate_on` call per attempt."""
+    started = time.perf_counter()
+    stats = {"attempt_tokens": 0, "prompt_tokens": 0, "engine_call_s": 0.0, "retry_call_s": 0.0, "engine_calls": 0,
+             "trimmed": 0}
+    by_calls = generate_until_valid_on is None
+    until_valid = _until_valid_by_calls(generate_on, task.engine, stats) if by_calls else generate_until_valid_on
+    check = PassageCheck(settings.parse)
+    order = {r["doc_id"]: k for k, r in enumerate(requests)}
+    tries: dict[str, list[tuple[int, Any]]] = {r["doc_id"]: [] for r in requests}  # doc id -> (attempt, completion)
+    lost: list[dict[str, Any]] = []
+    pending = [(r, 0) for r in requests]  # rows to generate, from this attempt on
+    while pending:
+        seeds = [[_row_seed(settings, r, a) for a in range(settings.max_retries + 1)] for r, _ in pending]
+        t0 = time.perf_counter()
+        try:
+            out = until_valid(task.engine, [r["chat"] for r, _ in pending], seeds, check,
+                              sampling=settings.sampling, retry_sampling=settings.retry_sampling,
+                              max_retries=settings.max_retries, start=[a for _, a in pending])
+        except EngineError as exc:  # restarted and retried by the pool already: the rows are lost
+            log.warning("shard %d: %d row(s) lost to an engine error: %s", task.shard, len(pending), exc)
+            lost = [_engine_error_row(r, a, str(exc), settings) for r, a in pending]
+            break
+        finally:
+            if not by_calls:
+                stats["engine_call_s"] += time.perf_counter() - t0
+                if stats["engine_calls"]:  # a further call for duplicates: the shard's tail
+                    stats["retry_call_s"] += time.perf_counter() - t0
+                stats["engine_calls"] += 1
+        for (r, first), attempts in zip(pending, out):
+            tries[r["doc_id"]].extend((first + k, c) for k, c in enumerate(attempts))
+            stats["attempt_tokens"] += sum(c.n_tokens for c in attempts)
+            stats["prompt_tokens"] += sum(c.prompt_tokens for c in attempts)
+        accepted, errors = _resolve(requests, tries, order, settings)
+        pending = [(r, a + 1) for r in requests if r["doc_id"] not in accepted
+                   for a, _ in tries[r["doc_id"]][-1:] if a < settings.max_retries]
+    accepted, errors = _resolve(requests, tries, order, settings)
+    errors.extend(lost)
+    errors.sort(key=lambda e: (e["attempt"], order[e["doc_id"]]))
+    stats["trimmed"] = sum(int(a.pop("_trimmed")) for a in accepted.values())
     # Rows in request order: deterministic files whatever the order of acceptance.
     rows = [accepted[r["doc_id"]] for r in requests if r["doc_id"] in accepted]
     passages = pa.Table.from_pylist(rows, schema=schemas.SYNTHETIC_PASSAGES.append(schemas.WRITTEN_FOR))
@@ -362,6 +423,7 @@ def run_shard(task: ShardTask, requests: list[dict[str, Any]], settings: RunSett
         "prompt_tokens": stats["prompt_tokens"],
         "engine_calls": stats["engine_calls"],
         "engine_call_s": round(stats["engine_call_s"], 3),
+        "retry_call_s": round(stats["retry_call_s"], 3),
         "trimmed": stats["trimmed"],
         "wall_s": 0.0,
         "finished_at": 0.0,
@@ -456,6 +518,7 @@ def generate(
     engines started for this run and stopped at its end). `queries`: a QUERIES table instead of
     reading `cfg.queries`."""
     import ray
+    import ray.data  # imported before the engines start: a second or more, not to be paid in the run
 
     from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray_for, stage_options, watch_progress
@@ -491,6 +554,7 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
+            _warm_workers(min(len(todo), 2 * (cfg.num_engines or 1)))
             own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
                                                cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
             run["engine_startup_s"] = round(time.perf_counter() - startup, 2)
@@ -500,19 +564,14 @@ def generate(
             settings = _with_seed_mode(settings, pool)
             began = time.perf_counter()
             ds = ray.data.from_items([{"task": t.to_json()} for t in todo], override_num_blocks=len(todo))
-            # The feeders run beside the engines: on an autoscaling cluster, on the generation nodes.
-            feeders = {"num_cpus": 0.1, **stage_options("generate")}
-            ds = ds.map(_expand, fn_kwargs={"settings": settings}, **feeders)
             handle = pool.handle()
             if isinstance(handle, PoolHandle):
                 handle = replace(handle, retries=cfg.engine_retries)
-            ds = ds.map(
-                ShardGenerator,
-                fn_constructor_kwargs={"pool": handle, "settings": settings},
-                # two per engine: while one parses and writes a shard, the engine serves the other
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
-                **feeders,
-            )
+            # The feeders run beside the engines (on an autoscaling cluster, on the generation nodes):
+            # two shards per engine, so that while one is validated and written the engine serves the other.
+            ds = ds.map(generate_shard, fn_kwargs={"settings": settings, "pool": handle},
+                        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
+                        num_cpus=0.1, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in ds.iter_rows():
                     watch.tick()
@@ -537,6 +596,28 @@ def generate(
         write_report(out, rep)
         print_report(rep)
     return GenerateResult(out, rep, len(summaries), skipped, summaries)
+
+
+def _warm_stage_worker() -> None:
+    import ray.data._internal.execution.operators.map_transformer  # noqa: F401 - what a map task runs
+
+    import synrank.generate.pipeline  # noqa: F401
+
+
+def _warm_workers(n: int) -> None:
+    """Have `n` Ray workers import what the engine stage runs while the engines start: the first
+    Ray Data task of a worker otherwise spends seconds importing, with the engines ready and idle.
+    Fire and forget: a warm-up that cannot run costs nothing but that."""
+    import ray
+
+    from synrank.runtime import stage_options
+
+    try:
+        warm = ray.remote(_warm_stage_worker).options(num_cpus=0.1, max_retries=0, **stage_options("generate"))
+        for _ in range(max(1, n)):
+            warm.remote()
+    except Exception as exc:  # pragma: no cover - an optimisation only
+        log.debug("no worker warm-up: %s", exc)
 
 
 def _with_seed_mode(settings: RunSettings, pool: Any) -> RunSettings:

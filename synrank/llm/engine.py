@@ -18,6 +18,14 @@ chat template by `ChatRenderer`) or a string that is already rendered. Backends:
   transformers, so it runs where vLLM does not install; it is also the baseline of
   bench/generate.py.
 
+`engine.generate_until_valid(prompts, seeds, validate, sampling=..., retry_sampling=..., max_retries=...)`
+generates with retries inside one call: each finished completion goes to `validate(index, attempt,
+completion)`, and a rejected prompt's next attempt (its own seed, `seeds[i][attempt]`) joins the
+work at once, at most `max_retries` times. vLLM adds it to the running batch (its `add_request` /
+`step` loop), so the engine stays full instead of decoding a few retries alone after the main batch;
+transformers (no continuous batching) and any engine with `generate` only (`retry_by_calls`) loop
+call and retry. It returns every attempt of each prompt, in attempt order.
+
 One bad prompt never fails a batch: prompts longer than the context are answered with an
 `error:` completion without reaching the engine, and if a batch raises anyway its prompts are
 retried one by one so that only the culprit gets an `error:` completion. An engine that died
@@ -34,11 +42,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, Union
 
 log = logging.getLogger(__name__)
 
 Prompt = Union[str, Sequence[Mapping[str, str]]]
+# validate(prompt index, attempt, completion) -> accepted? Runs where the engine runs (pickled to
+# an engine actor): it must be picklable and cheap.
+Validator = Callable[[int, int, "Completion"], bool]
 Backend = Literal["vllm", "transformers"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -131,9 +142,55 @@ class Engine(Protocol):
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec,
                  seeds: Sequence[int] | None = None) -> list[Completion]: ...
 
+    def generate_until_valid(self, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                             validate: Validator, *, sampling: SamplingSpec, retry_sampling: SamplingSpec,
+                             max_retries: int, start: Sequence[int] | None = None) -> list[list[Completion]]: ...
+
     def info(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def _check_retry_args(n: int, seeds: Sequence[Sequence[int]] | None, max_retries: int,
+                      start: Sequence[int] | None) -> list[int]:
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seed lists for {n} prompts")
+    first = [0] * n if start is None else [int(a) for a in start]
+    if len(first) != n:
+        raise ValueError(f"{len(first)} start attempts for {n} prompts")
+    return first
+
+
+def _attempt_seed(seeds: Sequence[Sequence[int]] | None, i: int, attempt: int) -> int | None:
+    return None if seeds is None else int(seeds[i][attempt])
+
+
+def retry_by_calls(generate: Callable[..., list["Completion"]], prompts: Sequence[Prompt],
+                   seeds: Sequence[Sequence[int]] | None, validate: Validator, *, sampling: SamplingSpec,
+                   retry_sampling: SamplingSpec, max_retries: int,
+                   start: Sequence[int] | None = None) -> list[list["Completion"]]:
+    """`generate_until_valid` for an engine without continuous batching: one `generate(prompts,
+    sampling, seeds)` call per round, with the prompts still rejected (each at its next attempt,
+    `retry_sampling` after attempt 0; one call per distinct attempt number within a round)."""
+    first = _check_retry_args(len(prompts), seeds, max_retries, start)
+    attempts: list[list[Completion]] = [[] for _ in prompts]
+    pending = [i for i in range(len(prompts)) if first[i] <= max_retries]
+    while pending:
+        by_attempt: dict[int, list[int]] = {}
+        for i in pending:
+            by_attempt.setdefault(first[i] + len(attempts[i]), []).append(i)
+        pending = []
+        for attempt, rows in sorted(by_attempt.items()):
+            row_seeds = None if seeds is None else [_attempt_seed(seeds, i, attempt) for i in rows]
+            out = generate([prompts[i] for i in rows], sampling if attempt == 0 else retry_sampling, row_seeds)
+            for i, c in zip(rows, out):
+                attempts[i].append(c)
+                if not validate(i, attempt, c) and attempt < max_retries:
+                    pending.append(i)
+        pending.sort()
+    return attempts
 
 
 def generator_label(model: str) -> str:
@@ -320,6 +377,7 @@ class VLLMEngine:
             "path": self.path,
             "device": self.device,
             "per_request_seed": self.per_request_seed,
+            "step_loops": getattr(self, "step_loops", 0),  # generate_until_valid calls
             "startup_s": round(self.startup_s, 2),
             "spec": self.spec.to_dict(),
             "pid": os.getpid(),
@@ -343,6 +401,19 @@ class VLLMEngine:
             kw["structured_outputs"] = StructuredOutputsParams(choice=list(sampling.choices))
         return SamplingParams(**kw)
 
+    def _render(self, prompt: Prompt) -> tuple[str, int] | Completion:
+        """The prompt's text and the room left for generated tokens, or the error completion of a
+        prompt that cannot reach the engine."""
+        try:
+            text = self.renderer(prompt)
+            n_prompt = self.renderer.count(text)
+        except Exception as exc:
+            return _error(f"prompt could not be rendered: {type(exc).__name__}: {exc}")
+        room = self.spec.max_model_len - n_prompt
+        if room < 1:
+            return _error(f"prompt of {n_prompt} tokens does not fit max_model_len={self.spec.max_model_len}", n_prompt)
+        return text, room
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         if seeds is not None and len(seeds) != len(prompts):
@@ -350,16 +421,11 @@ class VLLMEngine:
         results: list[Completion | None] = [None] * len(prompts)
         texts, params, where = [], [], []
         for i, prompt in enumerate(prompts):
-            try:
-                text = self.renderer(prompt)
-                n_prompt = self.renderer.count(text)
-            except Exception as exc:
-                results[i] = _error(f"prompt could not be rendered: {type(exc).__name__}: {exc}")
+            rendered = self._render(prompt)
+            if isinstance(rendered, Completion):
+                results[i] = rendered
                 continue
-            room = self.spec.max_model_len - n_prompt
-            if room < 1:
-                results[i] = _error(f"prompt of {n_prompt} tokens does not fit max_model_len={self.spec.max_model_len}", n_prompt)
-                continue
+            text, room = rendered
             seed = None if seeds is None else seeds[i]
             texts.append(text)
             params.append(self._params(sampling, min(sampling.max_tokens, room), seed))
@@ -379,17 +445,85 @@ class VLLMEngine:
                 raise
             log.warning("a batch of %d prompts failed (%s); retrying them one by one", len(texts), exc)
             return [c for t, p in zip(texts, params) for c in self._run([t], [p])]
-        out = []
-        for o, p in zip(outputs, params):
-            best = o.outputs[0]
-            out.append(Completion(
-                text=best.text,
-                n_tokens=len(best.token_ids),
-                finish_reason=str(best.finish_reason or "stop"),
-                prompt_tokens=len(o.prompt_token_ids or ()),
-                seed=p.seed,
-            ))
-        return out
+        return [_completion(o, p) for o, p in zip(outputs, params)]
+
+    def generate_until_valid(self, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                             validate: Validator, *, sampling: SamplingSpec, retry_sampling: SamplingSpec,
+                             max_retries: int, start: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Every attempt of each prompt, retries added to the running batch (the module docstring).
+
+        One `add_request`/`step` loop of the engine (`self.step_loops` counts them). An exception of
+        the loop that is not a dead engine aborts what is in flight and finishes the work by calls
+        (`retry_by_calls`), where a batch that raises is retried prompt by prompt; a dead engine is
+        re-raised (the caller restarts it and repeats the whole call)."""
+        first = _check_retry_args(len(prompts), seeds, max_retries, start)
+        attempts: list[list[Completion]] = [[] for _ in prompts]
+        rendered = [self._render(p) for p in prompts]
+        engine = self.llm.llm_engine
+        self.step_loops = getattr(self, "step_loops", 0) + 1
+        tag = f"synrank-{self.step_loops}"
+        in_flight: dict[str, tuple[int, int, Any]] = {}  # request id -> (prompt, attempt, params)
+
+        def submit(i: int, attempt: int) -> None:
+            """Attempt `attempt` of prompt i: into the batch, or validated at once if it cannot run."""
+            while attempt <= max_retries:
+                if isinstance(rendered[i], Completion):
+                    done = rendered[i]
+                else:
+                    text, room = rendered[i]
+                    spec = sampling if attempt == 0 else retry_sampling
+                    params = self._params(spec, min(spec.max_tokens, room), _attempt_seed(seeds, i, attempt))
+                    params.output_kind = _final_only()
+                    request_id = f"{tag}-{i}-{attempt}"
+                    try:
+                        engine.add_request(request_id, text, params)
+                    except Exception as exc:
+                        if _engine_dead(exc):
+                            raise
+                        done = _error(f"{type(exc).__name__}: {exc}")
+                    else:
+                        in_flight[request_id] = (i, attempt, params)
+                        return
+                attempts[i].append(done)
+                if validate(i, attempt, done):
+                    return
+                attempt += 1
+
+        queued = 0  # prompts whose first attempt was submitted
+        try:
+            for i in range(len(prompts)):
+                submit(i, first[i])
+                queued = i + 1
+            while in_flight and engine.has_unfinished_requests():
+                for output in engine.step():
+                    if not output.finished or output.request_id not in in_flight:
+                        continue
+                    i, attempt, params = in_flight.pop(output.request_id)
+                    completion = _completion(output, params)
+                    attempts[i].append(completion)
+                    if not validate(i, attempt, completion):
+                        submit(i, attempt + 1)
+            if in_flight:
+                raise RuntimeError(f"the engine stopped with {len(in_flight)} request(s) unfinished")
+        except Exception as exc:
+            if in_flight:
+                try:
+                    engine.abort_request(list(in_flight))
+                except Exception:  # pragma: no cover - best effort
+                    pass
+            if _engine_dead(exc):
+                raise
+            log.warning("the retry loop failed (%s: %s); finishing its %d prompt(s) by calls", type(exc).__name__,
+                        exc, len(in_flight))
+            rest = sorted({i for i, _, _ in in_flight.values()} | set(range(queued, len(prompts))))
+            resume = [first[i] + len(attempts[i]) for i in rest]
+            more = retry_by_calls(self.generate, [prompts[i] for i in rest],
+                                  None if seeds is None else [seeds[i] for i in rest],
+                                  lambda k, a, c: validate(rest[k], a, c), sampling=sampling,
+                                  retry_sampling=retry_sampling, max_retries=max_retries, start=resume)
+            for i, extra in zip(rest, more):
+                attempts[i].extend(extra)
+        return attempts
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -399,6 +533,23 @@ class VLLMEngine:
             except Exception:  # pragma: no cover - best effort
                 pass
             self.llm = None
+
+
+def _completion(output: Any, params: Any) -> Completion:
+    best = output.outputs[0]
+    return Completion(
+        text=best.text,
+        n_tokens=len(best.token_ids),
+        finish_reason=str(best.finish_reason or "stop"),
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        seed=params.seed,
+    )
+
+
+def _final_only() -> Any:
+    from vllm.sampling_params import RequestOutputKind
+
+    return RequestOutputKind.FINAL_ONLY
 
 
 def _engine_dead(exc: BaseException) -> bool:
@@ -467,6 +618,13 @@ class TransformersEngine:
             for (i, _), c in zip(chunk, outs):
                 results[i] = c
         return [r if r is not None else _error("no output") for r in results]
+
+    def generate_until_valid(self, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                             validate: Validator, *, sampling: SamplingSpec, retry_sampling: SamplingSpec,
+                             max_retries: int, start: Sequence[int] | None = None) -> list[list[Completion]]:
+        """No continuous batching here: call and retry (`retry_by_calls`)."""
+        return retry_by_calls(self.generate, prompts, seeds, validate, sampling=sampling,
+                              retry_sampling=retry_sampling, max_retries=max_retries, start=start)
 
     def _batch(self, batch: list[list[int]], sampling: SamplingSpec) -> list[Completion]:
         import torch

@@ -7,7 +7,10 @@
 
 `generate` splits the prompts into one contiguous chunk per engine, runs the chunks in parallel and
 returns the completions in input order; `generate_on(i, ...)` uses engine `i` only (the generation
-pipeline sends each shard to one engine, so that vLLM batches a whole shard at once).
+pipeline sends each shard to one engine, so that vLLM batches a whole shard at once), and
+`generate_until_valid_on(i, ...)` runs the engine's `generate_until_valid` there (retries of
+rejected completions inside the engine's running batch; the validator travels pickled to the
+actor, every attempt comes back).
 
 Resources per engine actor: on GPU `num_gpus = tensor_parallel_size` (the replica's GPUs; vLLM
 runs its tensor-parallel workers inside them) and one CPU; on CPU `cpus_per_engine` Ray CPUs
@@ -21,7 +24,8 @@ the annotation stage, a test - `EnginePool.attach(name)` to it instead of loadin
 Named pools live in the Ray namespace "synrank"; a `detached` pool outlives its driver until
 `shutdown()` (`synrank engines stop NAME`).
 
-Failures (`PoolHandle.generate_on`):
+Failures (`PoolHandle.generate_on`, `generate_until_valid_on` alike: a retried call is repeated
+whole):
 
 - an engine call that raises (the engine's own error, its process alive) makes the caller restart
   that engine - `ray.kill(no_restart=False)`: a fresh process and a fresh vLLM, since an engine
@@ -51,7 +55,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from synrank.llm.engine import Completion, EngineSpec, Prompt, SamplingSpec, make_engine
+from synrank.llm.engine import Completion, EngineSpec, Prompt, SamplingSpec, Validator, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,19 @@ class EngineActor:
         self.tokens += sum(c.n_tokens for c in out)
         return out
 
+    def generate_until_valid(self, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                             validate: Validator, kwargs: dict[str, Any]) -> list[list[Completion]]:
+        self.attempts += 1
+        if self._faults:
+            self._inject_faults(prompts)
+        started = time.perf_counter()
+        out = self.engine.generate_until_valid(list(prompts), None if seeds is None else [list(s) for s in seeds],
+                                               validate, **kwargs)
+        self.calls += 1
+        self.busy_s += time.perf_counter() - started
+        self.tokens += sum(c.n_tokens for tries in out for c in tries)
+        return out
+
     def close(self) -> None:
         self.engine.close()
 
@@ -180,9 +197,21 @@ class PoolHandle:
     def generate_on(self, index: int, prompts: Sequence[Prompt], sampling: SamplingSpec,
                     seeds: Sequence[int] | None = None) -> list[Completion]:
         """Completions from engine `index % num_engines`, or another live one (see the module docstring)."""
+        return self._call(index, "generate", (list(prompts), sampling, None if seeds is None else list(seeds)))
+
+    def generate_until_valid_on(self, index: int, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                                validate: Validator, *, sampling: SamplingSpec, retry_sampling: SamplingSpec,
+                                max_retries: int, start: Sequence[int] | None = None) -> list[list[Completion]]:
+        """`Engine.generate_until_valid` on engine `index` (or another live one), with the failover and
+        retries of `generate_on`: a call that raised is repeated whole on the restarted engine."""
+        kwargs = dict(sampling=sampling, retry_sampling=retry_sampling, max_retries=max_retries,
+                      start=None if start is None else list(start))
+        seeds = None if seeds is None else [list(s) for s in seeds]
+        return self._call(index, "generate_until_valid", (list(prompts), seeds, validate, kwargs))
+
+    def _call(self, index: int, method: str, args: tuple[Any, ...]) -> Any:
         from ray.exceptions import RayActorError, RayTaskError
 
-        args = (list(prompts), sampling, None if seeds is None else list(seeds))
         failures = 0
         unavailable: dict[int, float] = {}  # engine -> when a call to it last found it gone
         first_loss: float | None = None
@@ -191,7 +220,7 @@ class PoolHandle:
             actor = self.actors[i]
             restarts = _actor_state(actor).get("NumRestarts", 0)
             try:
-                return self._get(i, actor.generate.remote(*args))
+                return self._get(i, getattr(actor, method).remote(*args))
             except (RayActorError, _EngineGone) as exc:  # dead, unreachable or restarting: another engine takes the call
                 now = time.monotonic()
                 unavailable[i] = now
@@ -235,7 +264,7 @@ class PoolHandle:
                 warned = True
             time.sleep(_WAIT_POLL_S)
 
-    def _get(self, i: int, ref: Any) -> list[Completion]:
+    def _get(self, i: int, ref: Any) -> Any:
         """The call's result; if its engine stops being alive while another one is, give up on it
         (and, with none alive, after `wait_s`)."""
         import ray
@@ -511,6 +540,10 @@ class EnginePool:
     def generate_on(self, index: int, prompts: Sequence[Prompt], sampling: SamplingSpec,
                     seeds: Sequence[int] | None = None) -> list[Completion]:
         return self.handle().generate_on(index, prompts, sampling, seeds)
+
+    def generate_until_valid_on(self, index: int, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
+                                validate: Validator, **kwargs: Any) -> list[list[Completion]]:
+        return self.handle().generate_until_valid_on(index, prompts, seeds, validate, **kwargs)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec = SamplingSpec(),
                  seeds: Sequence[int] | None = None) -> list[Completion]:
