@@ -10,7 +10,11 @@ search + metrics time against encoding time, and peak memory at 1x and 10x corpu
    (`encode.encode_sources`: read task, encoder actors, Parquet shards) on an embedded Ray with
    `threads` CPUs, once with the default pool (`plan_pool`; on 2 CPUs two 1-thread actors) and
    once with one actor of `threads` threads, and once with the default pool in bfloat16 weights
-   (`encoder.inference_dtype`; fast on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere). Two ratios of medians (repetitions alternate, so load
+   (`encoder.inference_dtype`; fast on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere),
+   and once with each ONNX Runtime backend (`encoder.backend` onnx and onnx-int8, when onnxruntime
+   is installed; exported once into the cache before the repetitions, so the actors only load the
+   export), reported as docs/s beside torch float32's and as the nDCG@10 difference to it (queries
+   encoded in this process with the same backend, flat index, top 100). Two ratios of medians (repetitions alternate, so load
    drifts hit every side): end to end (ST process wall vs `encode_sources` wall, Ray's own start
    excluded, actor start and model load included) and encoder time (ST `encode()` vs the busiest
    synrank actor's time inside `BiEncoder.encode`); and, since wall times on a shared machine swing
@@ -88,17 +92,56 @@ def st_child(collection: Path, threads: int) -> dict:
             "encode_cpu_s": c3 - c2, "process_cpu_s": time.process_time()}
 
 
+ONNX_RUNS = {"synrank_onnx": "onnx", "synrank_onnx_int8": "onnx-int8"}
+
+
+def onnx_backends() -> list[str]:
+    """The ONNX backends to measure: none without onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("  onnxruntime is not installed: no onnx / onnx-int8 runs", flush=True)
+        return []
+    return list(ONNX_RUNS)
+
+
+def ndcg_at_10(collection: Path, docs: list[dict], passages, backend: str) -> float:
+    """nDCG@10 of the passage vectors (in `docs` order), the queries encoded here with `backend`."""
+    from synrank.data.readers import load_collection
+    from synrank.encoder import BiEncoder
+    from synrank.evaluate.index import DenseIndex, results_to_run
+    from synrank.evaluate.metrics import evaluate_run, mean_metrics
+
+    col = load_collection(collection)
+    qrels = col.qrels_dict()
+    queries = {q: t for q, t in zip(col.queries.column("query_id").to_pylist(), col.queries.column("text").to_pylist())
+               if q in qrels}
+    vectors = BiEncoder.load("default", backend=backend, inference_dtype="float32").for_inference("cpu").encode(
+        list(queries.values()), "query")
+    ids = [str(d["_id"]) for d in docs]
+    index = DenseIndex.build(passages.shape[1], lambda: iter([(ids, passages)]), len(ids))
+    run = results_to_run(list(queries), index.search(vectors, 100), index.doc_ids)
+    return mean_metrics(evaluate_run(qrels, run, ["ndcg@10"]))["ndcg@10"]
+
+
 def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> dict:
     import numpy as np
 
+    from synrank.encoder import BiEncoder
     from synrank.evaluate.encode import EncodeSource, EncodeStats, encode_sources, plan_pool, read_all
     from synrank.runtime import init_ray
 
     docs = _load(collection)
     resources = init_ray(num_cpus=threads)
-    runs: dict[str, list[dict]] = {"st": [], "synrank": [], "synrank_1_actor": [], "synrank_bf16": []}
-    bf16 = None
-    sr = None
+    onnx_runs = onnx_backends()
+    for name in onnx_runs:  # the one-time export, outside the measured runs
+        BiEncoder.load("default", backend=ONNX_RUNS[name]).for_inference("cpu")
+    runs: dict[str, list[dict]] = {"st": [], "synrank": [], "synrank_1_actor": [], "synrank_bf16": [],
+                                   **{name: [] for name in onnx_runs}}
+    overrides_of = {"synrank": {"inference_dtype": "float32"}, "synrank_1_actor": {"inference_dtype": "float32"},
+                    "synrank_bf16": {"inference_dtype": "bfloat16"},
+                    **{name: {"backend": ONNX_RUNS[name]} for name in onnx_runs}}
+    last_shards: dict = {}
     for rep in range(reps):
         env = {**os.environ, "BENCH_ST_OUT": str(work / "st.npy")}
         t0 = time.perf_counter()
@@ -111,23 +154,20 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
         runs["st"].append({"end_to_end_s": wall, **child})
         print(f"  rep {rep + 1}: sentence-transformers {wall:.1f} s end to end, encode() {child['encode_s']:.1f} s",
               flush=True)
-        for name, n_enc, dtype in (("synrank", None, "float32"), ("synrank_1_actor", 1, "float32"),
-                                   ("synrank_bf16", None, "bfloat16")):
+        for name, n_enc in (("synrank", None), ("synrank_1_actor", 1), ("synrank_bf16", None),
+                            *((name, None) for name in onnx_runs)):
             stats = EncodeStats()
             t0, c0 = time.perf_counter(), time.process_time()
             shards = encode_sources([EncodeSource("c", str(work / f"emb{rep}-{name}"), [], [], str(collection),
                                                   len(docs))], "default", batch_size=64, resources=resources,
                                     num_encoders=n_enc, progress=False, stats=stats,
-                                    overrides={"inference_dtype": dtype})
+                                    overrides=overrides_of[name])
             wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
             encode_cpu = sum(stats.busy_cpu_s.values())
             runs[name].append({"end_to_end_s": wall, "encode_s": stats.busiest_s, "encode_cpu_s": encode_cpu,
                                "process_cpu_s": sum(stats.total_cpu_s.values()) + driver_cpu,
                                "actors": stats.as_dict()})
-            if name == "synrank":
-                sr = shards["c"]
-            elif name == "synrank_bf16":
-                bf16 = shards["c"]
+            last_shards[name] = shards["c"]
             print(f"  rep {rep + 1}: {name} {wall:.1f} s end to end, busiest actor encoding {stats.busiest_s:.1f} s",
                   flush=True)
     def in_doc_order(shards):
@@ -135,7 +175,14 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
         order = {d: i for i, d in enumerate(ids)}
         return vectors[[order[str(d["_id"])] for d in docs]]
 
-    vectors, bf16_vectors = in_doc_order(sr), in_doc_order(bf16)
+    vectors, bf16_vectors = in_doc_order(last_shards["synrank"]), in_doc_order(last_shards["synrank_bf16"])
+    onnx = {}
+    if onnx_runs:
+        reference = ndcg_at_10(collection, docs, vectors, "torch")
+        for name in onnx_runs:
+            got = ndcg_at_10(collection, docs, in_doc_order(last_shards[name]), ONNX_RUNS[name])
+            onnx[name] = {"backend": ONNX_RUNS[name], "ndcg@10": got, "ndcg@10_minus_torch_fp32": got - reference,
+                          "torch_fp32_ndcg@10": reference}
     st_vectors = np.load(work / "st.npy")
     keys = ("end_to_end_s", "encode_s", "encode_cpu_s", "process_cpu_s")
     med = {name: {key: statistics.median(r[key] for r in rs) for key in keys} for name, rs in runs.items()}
@@ -160,6 +207,7 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
         "ratio_end_to_end_bf16": med["st"]["end_to_end_s"] / med["synrank_bf16"]["end_to_end_s"],
         "max_abs_embedding_diff": float(np.abs(vectors - st_vectors).max()),
         "bf16_min_cosine_to_fp32": float((vectors * bf16_vectors).sum(1).min()),
+        "onnx": onnx,
         "goal": ">= 1.0",
     }
 
@@ -357,6 +405,13 @@ def main() -> int:
             ("  min cosine bfloat16 vs float32 embedding (nDCG@10 within 0.005: tests)",
              f"{t['bf16_min_cosine_to_fp32']:.5f}", ""),
         ]
+        for name, o in t.get("onnx", {}).items():
+            rows += [
+                (f"encoding {o['backend']} / torch float32, docs/s encoder time | end to end",
+                 f"{d[name]['encode_s']:.1f}/{d['synrank']['encode_s']:.1f} | "
+                 f"{d[name]['end_to_end_s']:.1f}/{d['synrank']['end_to_end_s']:.1f}", ""),
+                (f"  nDCG@10 {o['backend']} - torch float32", f"{o['ndcg@10_minus_torch_fp32']:+.4f}", "|.| <= 0.005"),
+            ]
     if "search" in results:
         s = results["search"]
         rows.append(("search + metrics / encoding", f"{s['fraction_of_encoding']:.4f}", "<= 0.10"))

@@ -4,6 +4,10 @@ formatted (`synrank.text.format_passage`).
 
 Queries and passages go through the same weights (shared encoder); they differ only in prefix and
 maximum length. Scores are dot products of the (optionally L2-normalised) embeddings.
+
+`encode` (inference) runs the transformer with torch, or with ONNX Runtime on CPUs when
+`config.backend` says onnx / onnx-int8 (`synrank.encoder_onnx`: exported once per model, cached);
+tokenisation, batching, pooling and normalisation are the same either way. Training runs torch.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class BiEncoder(nn.Module):
         except (OSError, ValueError) as exc:
             raise ValueError(f"encoder {path!r} is not a loadable Hugging Face encoder: {exc}") from exc
         self.model_path = path
+        self._onnx = None  # the ONNX Runtime session of backend onnx / onnx-int8, made on first use
 
     @classmethod
     def load(cls, path: str, **overrides) -> "BiEncoder":
@@ -84,11 +89,33 @@ class BiEncoder(nn.Module):
         return emb
 
     def for_inference(self, device: str | torch.device) -> "BiEncoder":
-        """On `device`, in eval mode, with the weights in `config.inference_dtype`."""
+        """On `device`, in eval mode, with the weights in `config.inference_dtype`; with an ONNX
+        `config.backend`, on the CPU with the ONNX Runtime session ready (exported if needed)."""
         device = torch.device(device)
+        if self.config.backend != "torch":
+            if device.type != "cpu":
+                raise ValueError(f"encoder.backend={self.config.backend!r} runs on CPUs (ONNX Runtime's CPU provider), "
+                                 f"not on {device}; use encoder.backend=torch there")
+            self.eval()
+            self._onnx_transformer()
+            return self
         self.to(device=device, dtype=inference_dtype(self.config.inference_dtype, device))
         self.eval()
         return self
+
+    def _onnx_transformer(self):
+        if self._onnx is None:
+            from synrank.encoder_onnx import OnnxTransformer
+
+            self._onnx = OnnxTransformer.for_encoder(self)
+        return self._onnx
+
+    def _inference_forward(self, device: torch.device):
+        """features -> embeddings, by `config.backend` (pooling and normalisation are the same)."""
+        if self.config.backend == "torch":
+            return lambda features: self({k: v.to(device, non_blocking=True) for k, v in features.items()})
+        transformer = self._onnx_transformer()
+        return lambda features: self.pool(transformer(features), features["attention_mask"])
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
@@ -110,7 +137,7 @@ class BiEncoder(nn.Module):
 
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
+        forward = self._inference_forward(next(self.parameters()).device)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -123,8 +150,7 @@ class BiEncoder(nn.Module):
                 features = upcoming.result()
                 if n + 1 < len(batches):
                     upcoming = tokenize(batches[n + 1])
-                emb = self({k: v.to(device, non_blocking=True) for k, v in features.items()})
-                out[idx] = emb.float().cpu().numpy()
+                out[idx] = forward(features).float().cpu().numpy()
         self.train(was_training)
         return out
 
@@ -160,6 +186,7 @@ class BiEncoder(nn.Module):
         }, indent=2))
         settings = self.config.model_dump()
         settings.pop("model")
+        settings.pop("backend")  # how this machine runs the model, not part of the model
         (out / SYNRANK_ENCODER_FILE).write_text(json.dumps(settings, indent=2))
         return out
 

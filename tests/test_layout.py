@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synrank"
 
 STAGES = {"generate", "annotate", "train", "evaluate", "study"}
 LOWER = {
-    "data", "losses", "encoder", "models", "model_files", "runtime", "storage", "llm", "text", "config", "recipes", "st",
+    "data", "losses", "encoder", "encoder_onnx", "models", "model_files", "runtime", "storage", "llm", "text", "config", "recipes", "st",
 }
 ENTRY_POINTS = {"cli", "pipeline", "pipeline_cli", "models_cli", "fidelity_probe", "probe_cli", "__main__"}
 # Within the lower layers: the data layer reads and shapes text; it must not pull in the model code

@@ -10,7 +10,8 @@ Data flow (nothing corpus-sized passes through the driver):
          inside its read task, in blocks of `block_rows` (`block_rows_for`: large, as each
          encoder call sorts its rows by length to pad less)
       -> `map_batches(_EncodeBatch)` on an autoscaling actor pool (one GPU per actor when the
-         cluster has GPUs, else a share of the CPUs with torch threads to match), each actor
+         cluster has GPUs and `encoder.backend` is torch, else a share of the CPUs with torch or
+         ONNX Runtime threads to match), each actor
          also asking for the `encode` stage resources (`runtime.stage_options`)
       -> each batch grouped by (collection, kind), encoded with BiEncoder.encode (length-sorted
          sub-batches of `batch_size`), written to ``<emb_dir>/<kind>/<sha1 of ids>.parquet``
@@ -235,8 +236,9 @@ class _EncodeBatch:
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         if num_threads:
             torch.set_num_threads(num_threads)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device is None:  # an ONNX backend runs on CPUs only
+            on_gpu = torch.cuda.is_available() and overrides.get("backend", "torch") == "torch"
+            device = "cuda" if on_gpu else "cpu"
         from synrank import storage
 
         # `model` may be a URL (s3://...): each node loads its own cached copy.
@@ -336,6 +338,21 @@ def _warn_if_nothing_is_up(num_cpus: float, num_gpus: float, num_encoders: int |
         log.warning("no CPU or GPU is up in the cluster yet: %s (to encode on GPUs, ask for them)", plan.describe())
 
 
+def _check_backend(backend: str, use_gpus: bool | None) -> bool | None:
+    """`use_gpus` for the encoder backend: an ONNX backend (CPUs only) needs onnxruntime here, before
+    any actor starts, and CPU actors."""
+    if backend == "torch":
+        return use_gpus
+    from synrank.encoder_onnx import check_backend, require_onnxruntime
+
+    check_backend(backend)
+    require_onnxruntime(backend)
+    if use_gpus:
+        raise ValueError(f"encoder.backend={backend!r} runs on CPUs, but GPU encoder actors were asked for; "
+                         "use encoder.backend=torch on GPUs")
+    return False
+
+
 def _max_node_cpus() -> float | None:
     import ray
 
@@ -367,6 +384,7 @@ def encode_sources(
     from synrank.data.readers import split_corpus
     from synrank.runtime import cluster_resources, ensure_node, stage_options, watch_progress
 
+    use_gpus = _check_backend((overrides or {}).get("backend", "torch"), use_gpus)
     resources = resources or cluster_resources()
     plan = plan_pool(resources.num_cpus, resources.num_gpus, num_encoders, _max_node_cpus(), use_gpus=use_gpus)
     _warn_if_nothing_is_up(resources.num_cpus, resources.num_gpus, num_encoders, plan)
