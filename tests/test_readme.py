@@ -35,6 +35,15 @@ def test_cli_reference_matches_the_cli():
     assert cli_reference.block() in README, "README's CLI reference is stale: run scripts/cli_reference.py --write"
 
 
+def test_bench_table_matches_the_results():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import readme_table
+    finally:
+        sys.path.pop(0)
+    assert readme_table.block() in README, "README's speed table is stale: run bench/readme_table.py --write"
+
+
 def test_every_config_the_readme_names_loads():
     from synrank.config import SynrankConfig, load
 
