@@ -569,9 +569,12 @@ def generate(
                 handle = replace(handle, retries=cfg.engine_retries)
             # The feeders run beside the engines (on an autoscaling cluster, on the generation nodes):
             # two shards per engine, so that while one is validated and written the engine serves the other.
+            # They ask for no CPU: they mostly wait on the engines, which hold the node's CPUs. A feeder
+            # that needed CPU could starve for good once a lost engine is restarted on a surviving node
+            # and takes the CPU that the feeders had used between tasks.
             ds = ds.map(generate_shard, fn_kwargs={"settings": settings, "pool": handle},
                         compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
-                        num_cpus=0.1, **stage_options("generate"))
+                        num_cpus=0, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in ds.iter_rows():
                     watch.tick()
@@ -613,7 +616,7 @@ def _warm_workers(n: int) -> None:
     from synrank.runtime import stage_options
 
     try:
-        warm = ray.remote(_warm_stage_worker).options(num_cpus=0.1, max_retries=0, **stage_options("generate"))
+        warm = ray.remote(_warm_stage_worker).options(num_cpus=0, max_retries=0, **stage_options("generate"))
         for _ in range(max(1, n)):
             warm.remote()
     except Exception as exc:  # pragma: no cover - an optimisation only
