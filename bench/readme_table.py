@@ -198,13 +198,10 @@ def block() -> str:
 
 
 def main() -> int:
-    if "--write" in sys.argv:
-        text = README.read_text()
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        README.write_text(text[:start] + block() + text[end:])
-        return 0
-    print(block())
-    return 0
+    sys.path.insert(0, str(REPO / "scripts"))
+    from cli_reference import print_or_write
+
+    return print_or_write(block(), BEGIN, END, README)
 
 
 if __name__ == "__main__":

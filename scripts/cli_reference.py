@@ -44,14 +44,20 @@ def block() -> str:
     return f"{BEGIN}\n\n{reference()}\n{END}"
 
 
-def main() -> int:
+def print_or_write(block_text: str, begin: str, end: str, readme: Path = README) -> int:
+    """Print a generated README block, or with --write put it between its markers in README.md
+    (also used by bench/readme_table.py)."""
     if "--write" in sys.argv:
-        text = README.read_text()
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        README.write_text(text[:start] + block() + text[end:])
+        text = readme.read_text()
+        start, stop = text.index(begin), text.index(end) + len(end)
+        readme.write_text(text[:start] + block_text + text[stop:])
         return 0
-    print(block())
+    print(block_text)
     return 0
+
+
+def main() -> int:
+    return print_or_write(block(), BEGIN, END)
 
 
 if __name__ == "__main__":
