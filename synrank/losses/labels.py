@@ -28,10 +28,9 @@ def label_matrices(grades: torch.Tensor, valid: torch.Tensor, doc_keys: torch.Te
     slot_valid = valid.reshape(1, q * k)
     if not in_batch_negatives:
         return labels, own & slot_valid
-    slot_keys = doc_keys.reshape(1, q * k)
-    copy_of_own = torch.zeros_like(own)
-    for j in range(k):  # one [Q, N] comparison per position of a query's own group (K is small)
-        copy_of_own |= (slot_keys == doc_keys[:, j : j + 1]) & valid[:, j : j + 1]
+    # [Q, K, N]: own passage j of query i has the key of slot n; any j makes slot n a copy of i's own
+    same_key = doc_keys.reshape(q, k, 1) == doc_keys.reshape(1, 1, q * k)
+    copy_of_own = (same_key & valid.reshape(q, k, 1)).any(dim=1)
     if query_keys is not None and origin_keys is not None:
         # a passage written for query i in another query's group (a swap passage): never i's negative
         slot_origins = origin_keys.reshape(1, q * k)
