@@ -293,7 +293,9 @@ class PipelineConfig(Section):
     test_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="queries held out for evaluation")
     split_seed: int = 13
     annotate: bool = Field(False, description="run the annotation stage (needs pipeline.collection)")
-    baselines: list[str] = Field(["bm25", "default"], description="also evaluated, for the summary table")
+    baselines: list[str] = Field(["bm25", "default"], description="also evaluated, for the summary table: bm25, an "
+                                 "encoder (default: the untrained one), or st-mnrl (sentence-transformers fit with "
+                                 "MNRL on the training queries' human labels, train's budget)")
 
 
 class SynrankConfig(Section):

@@ -41,6 +41,7 @@ from synrank.storage import write_json, write_parquet, write_text
 log = logging.getLogger(__name__)
 
 DEMO_QUERIES = "demo"
+ST_PEER = "st-mnrl"  # the baseline trained with sentence-transformers (synrank.train.st_peer)
 MARKER = "_stage.json"
 SUMMARY_MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 
@@ -260,21 +261,7 @@ class Pipeline:
 
     def groups(self, queries: dict[str, str], generated: dict[str, str], llm_qrels: str | None,
                upstream: str) -> tuple[str, str]:
-        g = self.cfg.groups
-        p = self.cfg.pipeline
-        # Only the pipeline's training queries (split before `limit`), whatever the label source.
-        update: dict[str, Any] = {"out": None, "train_queries": queries["train"]}
-        if "train" in generated:
-            update.update(synthetic=generated["train"], queries=queries["train"])
-        if p.collection:
-            update["collection"] = p.collection
-            # The same held-out queries as the pipeline's split, so nothing trains on a test query.
-            update["query_split"] = QuerySplitConfig(train_fraction=1.0 - p.test_fraction, seed=p.split_seed) \
-                if p.test_fraction > 0 else None
-            update["qrels_split"] = self.cfg.evaluate.split
-        if llm_qrels:
-            update["llm_qrels"] = llm_qrels
-        cfg = GroupsConfig.model_validate({**g.model_dump(), **update})
+        cfg = self._groups_config(self.cfg.groups.source, queries, generated, llm_qrels)
         fp = fingerprint("groups", upstream, cfg.model_dump(mode="json"))
 
         def body() -> dict[str, str]:
@@ -286,6 +273,45 @@ class Pipeline:
             return {"groups": path}
 
         return self._stage("groups", fp, body)["groups"], fp
+
+    def _groups_config(self, source: str, queries: dict[str, str], generated: dict[str, str],
+                       llm_qrels: str | None) -> GroupsConfig:
+        g = self.cfg.groups
+        p = self.cfg.pipeline
+        # Only the pipeline's training queries (split before `limit`), whatever the label source.
+        update: dict[str, Any] = {"out": None, "train_queries": queries["train"], "source": source}
+        if "train" in generated:
+            update.update(synthetic=generated["train"], queries=queries["train"])
+        if p.collection:
+            update["collection"] = p.collection
+            # The same held-out queries as the pipeline's split, so nothing trains on a test query.
+            update["query_split"] = QuerySplitConfig(train_fraction=1.0 - p.test_fraction, seed=p.split_seed) \
+                if p.test_fraction > 0 else None
+            update["qrels_split"] = self.cfg.evaluate.split
+        if llm_qrels:
+            update["llm_qrels"] = llm_qrels
+        return GroupsConfig.model_validate({**g.model_dump(), **update})
+
+    def st_peer(self, queries: dict[str, str], upstream: str) -> tuple[str, str]:
+        """The `st-mnrl` baseline: sentence-transformers `fit` with MNRL on the human labels of the
+        same training queries, with train's budget (`synrank.train.st_peer`)."""
+        if not self.cfg.pipeline.collection:
+            raise PipelineError(f"pipeline.baselines: {ST_PEER} trains on human labels and needs pipeline.collection")
+        cfg = self._groups_config("human", queries, {}, None)
+        t = self.cfg.train
+        fp = fingerprint(ST_PEER, upstream, cfg.model_dump(mode="json"),
+                         t.model_dump(mode="json", exclude={"groups", "out", "fail_at_step"}))
+
+        def body() -> dict[str, str]:
+            from synrank.data.groups import build_groups_to
+            from synrank.train.st_peer import fit_st_mnrl
+
+            groups = self.dir.path(ST_PEER, "groups.parquet")
+            build_groups_to(cfg, groups)
+            model = fit_st_mnrl(t, groups, self.dir.path(ST_PEER, "model"), n_levels=cfg.n_levels)
+            return {"model": model}
+
+        return self._stage(ST_PEER, fp, body)["model"], fp
 
     def train(self, groups_path: str, upstream: str) -> tuple[str, str]:
         t = self.cfg.train
@@ -315,9 +341,10 @@ class Pipeline:
                 generator = self.cfg.generate.model
         write_model_card(self.dir.path("train"), generator=generator, evaluation=evaluation)
 
-    def evaluate(self, model_dir: str, collections: list[str], upstream: str) -> dict[str, dict[str, dict[str, float]]]:
+    def evaluate(self, model_dir: str, collections: list[str], upstream: str,
+                 peers: dict[str, str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
         e = self.cfg.evaluate
-        systems = {"trained": model_dir, **{b: b for b in self.cfg.pipeline.baselines}}
+        systems = {"trained": model_dir, **{b: (peers or {}).get(b, b) for b in self.cfg.pipeline.baselines}}
         fp = fingerprint("evaluate", upstream, collections, systems,
                          e.model_dump(mode="json", exclude={"model", "collections", "out"}))
 
@@ -334,7 +361,10 @@ class Pipeline:
                 summary[system] = {name: r["metrics"] for name, r in results.items()}
                 per_query[system] = {name: r["per_query"] for name, r in results.items()}
             write_json(summary, self.dir.path("evaluate", "metrics.json"))
-            write_json(trained_vs_untrained(per_query), self.dir.path("evaluate", "verdict.json"))
+            verdicts = trained_vs_untrained(per_query)
+            if ST_PEER in per_query:
+                verdicts += trained_vs_untrained(per_query, against=ST_PEER)
+            write_json(verdicts, self.dir.path("evaluate", "verdict.json"))
             return {"metrics": self.dir.path("evaluate", "metrics.json"),
                     "verdict": self.dir.path("evaluate", "verdict.json")}
 
@@ -349,6 +379,7 @@ class Pipeline:
         init_ray_for(self.cfg.runtime)
         write_text(_config_yaml(self.cfg), self.dir.path("config.yaml"))
         queries, fp = self.split()
+        fp_split = fp
         generated: dict[str, str] = {}
         if self.cfg.groups.source in ("synthetic", "mixed") or not self.cfg.pipeline.collection:
             generated, fp = self.generate(queries, fp)
@@ -361,7 +392,12 @@ class Pipeline:
             return PipelineResult(self.dir.root, self.stages, {}, "")
         if not collections:
             raise PipelineError("nothing to evaluate: pipeline.test_fraction is 0 and evaluate.collections is empty")
-        summary = self.evaluate(model_dir, collections, fingerprint(fp, fp_test))
+        peers: dict[str, str] = {}
+        fp_eval = fingerprint(fp, fp_test)
+        if ST_PEER in self.cfg.pipeline.baselines:
+            peers[ST_PEER], fp_peer = self.st_peer(queries, fp_split)
+            fp_eval = fingerprint(fp_eval, fp_peer)
+        summary = self.evaluate(model_dir, collections, fp_eval, peers)
         table = summary_table(summary)
         if self.verdict:
             table += "\n\n" + "\n".join(verdict_line(v) for v in self.verdict)
@@ -422,34 +458,37 @@ UNTRAINED = "default"  # the baseline that is the encoder before training
 
 
 def trained_vs_untrained(per_query: dict[str, dict[str, dict[str, dict[str, float]]]], measure: str = "ndcg@10",
-                         alpha: float = 0.05) -> list[dict[str, Any]]:
-    """Per test collection: did training beat the untrained encoder, query by query? The mean
-    difference in `measure` over the queries both were scored on, wins and losses, and the two-sided
-    paired randomization test's p-value (`synrank.evaluate.compare`)."""
+                         alpha: float = 0.05, against: str | None = None) -> list[dict[str, Any]]:
+    """Per test collection: did training beat the untrained encoder (or the system `against`),
+    query by query? The mean difference in `measure` over the queries both were scored on, wins and
+    losses, and the two-sided paired randomization test's p-value (`synrank.evaluate.compare`)."""
     import numpy as np
 
     from synrank.evaluate.compare import randomization_test
 
-    if "trained" not in per_query or UNTRAINED not in per_query:
+    against = against or UNTRAINED
+    if "trained" not in per_query or against not in per_query:
         return []
     out = []
     for collection, trained in per_query["trained"].items():
-        untrained = per_query[UNTRAINED].get(collection, {})
-        qids = sorted(q for q in trained if q in untrained and measure in trained[q] and measure in untrained[q])
+        other = per_query[against].get(collection, {})
+        qids = sorted(q for q in trained if q in other and measure in trained[q] and measure in other[q])
         if not qids:
             continue
         a = np.array([trained[q][measure] for q in qids])
-        b = np.array([untrained[q][measure] for q in qids])
+        b = np.array([other[q][measure] for q in qids])
         p = randomization_test(a, b)
-        out.append({"collection": collection, "measure": measure, "queries": len(qids),
-                    "trained": float(a.mean()), "untrained": float(b.mean()), "difference": float((a - b).mean()),
+        out.append({"collection": collection, "measure": measure, "queries": len(qids), "against": against,
+                    "trained": float(a.mean()), "other": float(b.mean()), "difference": float((a - b).mean()),
                     "wins": int((a > b).sum()), "losses": int((a < b).sum()), "p_value": p, "alpha": alpha,
                     "significant": p < alpha})
     return out
 
 
 def verdict_line(v: dict[str, Any]) -> str:
-    """One sentence: whether the trained model beats the untrained encoder on a collection."""
+    """One sentence: whether the trained model beats the untrained encoder (or another baseline) on a
+    collection."""
+    name = "untrained" if v["against"] == UNTRAINED else v["against"]
     if not v["significant"]:
         outcome = "no significant difference"
     elif v["difference"] > 0:
@@ -457,7 +496,7 @@ def verdict_line(v: dict[str, Any]) -> str:
     else:
         outcome = "the trained model is significantly worse"
     return (f"{v['collection']} ({v['queries']} held-out queries): trained {v['measure']} {v['trained']:.4f} vs "
-            f"untrained {v['untrained']:.4f} ({v['difference']:+.4f}; better on {_queries(v['wins'])}, "
+            f"{name} {v['other']:.4f} ({v['difference']:+.4f}; better on {_queries(v['wins'])}, "
             f"worse on {v['losses']}), paired randomization test p = {v['p_value']:.3g}: {outcome} "
             f"(alpha {v['alpha']:g}).")
 
