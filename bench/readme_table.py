@@ -117,6 +117,8 @@ def _evaluate_throughput_parts(t: dict) -> list[str]:
     per_s = t["docs_per_s"]
     st = per_s["st"]["end_to_end_s"]
     quality = {"synrank": 0.0, **{name: o["ndcg@10_minus_torch_fp32"] for name, o in t.get("onnx", {}).items()}}
+    if "bf16_ndcg@10_minus_torch_fp32" in t:
+        quality["synrank_bf16"] = t["bf16_ndcg@10_minus_torch_fp32"]
 
     def ratio(name: str) -> float:
         return per_s[name]["end_to_end_s"] / st
