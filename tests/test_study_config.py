@@ -21,7 +21,7 @@ def _study(tmp_path: Path, shared_data: Path, *overrides: str) -> StudyConfig:
     return load_study(CONFIGS / "study-tiny.yaml", base + list(overrides))
 
 
-@pytest.mark.parametrize("name", ["study-tiny.yaml", "study-cranfield.yaml", "study-msmarco-gpu.yaml"])
+@pytest.mark.parametrize("name", ["study-tiny.yaml", "study-cranfield.yaml", "study-cranfield-smollm2.yaml", "study-msmarco-gpu.yaml"])
 def test_shipped_configs_load_and_expand(name: str, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     study = load_study(CONFIGS / name)

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "configuration's mean and 95% interval over seeds and its significance against a baseline. "
         "`synrank study report DIR` rebuilds the report of a study directory.",
         epilog="examples:\n  synrank study --config jobs/configs/study-tiny.yaml\n"
-               "  synrank study --config jobs/configs/study-cranfield.yaml space.seeds=[0,1,2]\n"
+               "  synrank study --config jobs/configs/study-cranfield.yaml space.losses=[infonce]\n"
                "  synrank study report runs/study-tiny",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
