@@ -379,7 +379,10 @@ class Pipeline:
         init_ray_for(self.cfg.runtime)
         write_text(_config_yaml(self.cfg), self.dir.path("config.yaml"))
         queries, fp = self.split()
-        fp_split = fp
+        peers: dict[str, str] = {}
+        fp_peer = ""
+        if ST_PEER in self.cfg.pipeline.baselines:  # first: it fails fast on a config the human labels refuse
+            peers[ST_PEER], fp_peer = self.st_peer(queries, fp)
         generated: dict[str, str] = {}
         if self.cfg.groups.source in ("synthetic", "mixed") or not self.cfg.pipeline.collection:
             generated, fp = self.generate(queries, fp)
@@ -392,11 +395,7 @@ class Pipeline:
             return PipelineResult(self.dir.root, self.stages, {}, "")
         if not collections:
             raise PipelineError("nothing to evaluate: pipeline.test_fraction is 0 and evaluate.collections is empty")
-        peers: dict[str, str] = {}
-        fp_eval = fingerprint(fp, fp_test)
-        if ST_PEER in self.cfg.pipeline.baselines:
-            peers[ST_PEER], fp_peer = self.st_peer(queries, fp_split)
-            fp_eval = fingerprint(fp_eval, fp_peer)
+        fp_eval = fingerprint(fp, fp_test, fp_peer) if peers else fingerprint(fp, fp_test)
         summary = self.evaluate(model_dir, collections, fp_eval, peers)
         table = summary_table(summary)
         if self.verdict:

@@ -70,3 +70,22 @@ def test_the_verdict_against_the_peer_names_it():
     (v,) = trained_vs_untrained({"trained": {"c": qs}, ST_PEER: {"c": peer}}, against=ST_PEER)
     assert v["against"] == ST_PEER and abs(v["difference"] - 0.05) < 1e-9
     assert f"vs {ST_PEER} " in verdict_line(v) and "significantly better" in verdict_line(v)
+
+
+def test_the_peer_stage_refuses_human_grades_off_the_configured_scale_naming_the_key(tmp_path):
+    from pathlib import Path
+
+    from synrank.config import SynrankConfig
+    from synrank.pipeline import Pipeline
+
+    cranfield = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
+    cfg = SynrankConfig.model_validate({
+        "run_dir": str(tmp_path / "run"),
+        "pipeline": {"collection": str(cranfield), "test_fraction": 0.3, "baselines": [ST_PEER]},
+        "groups": {"source": "synthetic", "n_levels": 4},  # Cranfield grades 0..4 need qrels_levels: 5
+    })
+    pipeline = Pipeline(cfg)
+    queries, fp = pipeline.split()
+    with pytest.raises(Exception, match="qrels_levels"):
+        pipeline.st_peer(queries, fp)
+    assert not (tmp_path / "run" / ST_PEER / "model").exists()
