@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 DEMO_QUERIES = "demo"
 ST_PEER = "st-mnrl"  # the baseline trained with sentence-transformers (synrank.train.st_peer)
 MARKER = "_stage.json"
+ATTEMPT = "_attempt.json"  # written when a resumable stage starts: the settings its checkpoints belong to
 SUMMARY_MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 
 
@@ -96,6 +97,25 @@ class RunDir:
     def done(self, stage: str, fp: str) -> dict[str, Any] | None:
         marker = self.marker(stage)
         return marker if marker and marker.get("fingerprint") == fp else None
+
+    def begin(self, stage: str, fp: str) -> bool:
+        """Before a resumable stage (train) runs with fingerprint `fp`: if its folder holds the work of
+        other settings (a finished run's marker, or an attempt started with another fingerprint), that
+        work is removed, since resuming from it would continue the other run. A crashed attempt with
+        the same settings is kept, to be resumed. Returns whether anything was removed."""
+        previous = [m.get("fingerprint") for m in (self.marker(stage), self._attempt(stage)) if m]
+        stale = any(p != fp for p in previous)
+        if stale:
+            log.warning("stage %s: %s holds the work of other settings; starting over", stage, self.path(stage))
+            storage.remove(self.path(stage))
+        write_json({"stage": stage, "fingerprint": fp, "started": time.time()}, self.path(stage, ATTEMPT))
+        return stale
+
+    def _attempt(self, stage: str) -> dict[str, Any] | None:
+        try:
+            return storage.read_json(self.path(stage, ATTEMPT))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
 
     def mark(self, stage: str, fp: str, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         write_json({"stage": stage, "fingerprint": fp, "outputs": outputs, "finished": time.time(), **(extra or {})},
@@ -320,7 +340,9 @@ class Pipeline:
         def body() -> dict[str, str]:
             from synrank.train import fit
 
-            # A crashed earlier attempt left checkpoints under train/: fit resumes from them.
+            # A crashed earlier attempt with these settings left checkpoints under train/: fit resumes
+            # from them. Checkpoints of other settings are removed first.
+            self.dir.begin("train", fp)
             result = fit(t, groups_path, self.dir.path("train"))
             return {"model": result.model_dir, "curve": self.dir.path("train")}
 
