@@ -4,13 +4,13 @@ exported as the new model); a crashed attempt with the same settings is resumed.
 
 from __future__ import annotations
 
+import os
+
 from synrank.pipeline import RunDir
 
 
 def _checkpoint(run: RunDir) -> str:
     path = run.path("train", "checkpoint_000036", "state.pt")
-    import os
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("weights")
@@ -18,8 +18,6 @@ def _checkpoint(run: RunDir) -> str:
 
 
 def test_checkpoints_of_a_finished_run_with_other_settings_are_removed(tmp_path):
-    import os
-
     run = RunDir(str(tmp_path))
     run.begin("train", "old")
     ckpt = _checkpoint(run)
@@ -29,8 +27,6 @@ def test_checkpoints_of_a_finished_run_with_other_settings_are_removed(tmp_path)
 
 
 def test_a_crashed_attempt_is_resumed_with_the_same_settings_and_dropped_with_others(tmp_path):
-    import os
-
     run = RunDir(str(tmp_path))
     run.begin("train", "a")
     ckpt = _checkpoint(run)  # then the process dies: no marker
@@ -39,8 +35,6 @@ def test_a_crashed_attempt_is_resumed_with_the_same_settings_and_dropped_with_ot
 
 
 def test_checkpoints_without_any_record_are_kept_for_resumption(tmp_path):
-    import os
-
     run = RunDir(str(tmp_path))
     ckpt = _checkpoint(run)  # written by a version that kept no attempt record
     assert run.begin("train", "x") is False and os.path.exists(ckpt)

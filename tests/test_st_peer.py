@@ -72,13 +72,11 @@ def test_the_verdict_against_the_peer_names_it():
     assert f"vs {ST_PEER} " in verdict_line(v) and "significantly better" in verdict_line(v)
 
 
-def test_the_peer_stage_refuses_human_grades_off_the_configured_scale_naming_the_key(tmp_path):
-    from pathlib import Path
-
+def test_the_peer_stage_refuses_human_grades_off_the_configured_scale_naming_the_key(tmp_path, shared_data):
     from synrank.config import SynrankConfig
     from synrank.pipeline import Pipeline
 
-    cranfield = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
+    cranfield = shared_data / "cranfield"
     cfg = SynrankConfig.model_validate({
         "run_dir": str(tmp_path / "run"),
         "pipeline": {"collection": str(cranfield), "test_fraction": 0.3, "baselines": [ST_PEER]},
