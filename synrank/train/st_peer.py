@@ -82,10 +82,11 @@ def fit_st_mnrl(config: TrainConfig, groups_path: str, out_dir: str, *, n_levels
              len(triples.anchor), groups_path, triples.skipped)
     dataset = Dataset.from_dict({"anchor": triples.anchor, "positive": triples.positive,
                                  "negative": triples.negative})
-    torch.set_num_threads(config.cpus_per_worker * config.num_workers)
     model = SentenceTransformer(resolve_encoder(config.encoder.model), device="cpu")
     model.max_seq_length = config.encoder.max_passage_length
     temperature = float(config.loss_params.get("temperature", 0.05))
+    threads = torch.get_num_threads()  # the peer trains in the calling process (the pipeline's driver)
+    torch.set_num_threads(config.cpus_per_worker * config.num_workers)
     with tempfile.TemporaryDirectory() as scratch:
         args = SentenceTransformerTrainingArguments(
             output_dir=scratch, per_device_train_batch_size=config.batch_size * config.num_workers,
@@ -95,7 +96,10 @@ def fit_st_mnrl(config: TrainConfig, groups_path: str, out_dir: str, *, n_levels
             logging_steps=10_000, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, disable_tqdm=True)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                              loss=MultipleNegativesRankingLoss(model, scale=1.0 / temperature))
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     model.save(out_dir)
     return out_dir
