@@ -7,6 +7,8 @@ fixtures live in tests/fixtures_*.py and are registered in `pytest_plugins` belo
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ pytest_plugins: list[str] = ["fixtures_generate", "fixtures_s3", "fixtures_clust
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SYNRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_checkpoint_staging_left_behind():
+    """A training worker killed mid-checkpoint (node-loss and kill tests) never removes its local
+    staging folder (synrank-ckpt-* in the system temp dir, synrank.train.loop); remove what the
+    session left there."""
+    staging = lambda: set(Path(tempfile.gettempdir()).glob("synrank-ckpt-*"))  # noqa: E731
+    before = staging()
+    yield
+    for path in staging() - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
