@@ -1,6 +1,6 @@
 """Print (or --write into README.md) the speed table, rendered from the benchmarks' JSON results.
 
-One row per benchmark (bench/results/generate.json, train.json, losses.json,
+One row per benchmark (bench/results/generate.json, train.json, train-bf16.json, losses.json,
 evaluate-throughput.json with evaluate.json): what it compares, its headline ratios (synrank /
 peer) beside the targets of issue 15, met or not, and the load average (1 minute) at the start and
 end of the run, so a run on a busy machine shows as such. Fields a result file does not have yet
@@ -82,8 +82,13 @@ def train_row(result: dict) -> tuple[str, ...]:
                 f"{s['group_size']}, {s['max_length']} tokens, {s['steps']} steps × {s['repeats']} repeats")
     if s.get("length_bucketing"):
         compared += ", `train.length_bucketing` on"
+    bf16 = "ratio_1_worker_vs_st_bf16" in summary
+    if bf16:
+        compared += ("; synrank with `train.cpu_amp` (bf16 autocast) against ST in fp32 as it comes, and against "
+                     "ST with `bf16=True`")
     share = summary["loss_share_of_step_1_worker"]
     parts = [f"1 worker {_ratio(summary['ratio_1_worker'], TRAIN_OVER_ST_1_WORKER)}",
+             *([f"1 worker vs ST bf16 {_ratio(summary['ratio_1_worker_vs_st_bf16'])}"] if bf16 else []),
              f"2 workers {_ratio(summary['ratio_2_workers'])}",
              f"loss {share:.2%} of a step (target ≤ {TRAIN_LOSS_SHARE:.0%}: "
              f"{'met' if share <= TRAIN_LOSS_SHARE else 'not met'})"]
@@ -178,8 +183,9 @@ def rows() -> list[tuple[str, ...]]:
     out = []
     if (result := _load("generate.json")) is not None:
         out.append(generate_row(result))
-    if (result := _load("train.json")) is not None:
-        out.append(train_row(result))
+    for name in ("train.json", "train-bf16.json"):
+        if (result := _load(name)) is not None:
+            out.append(train_row(result))
     if (result := _load("losses.json")) is not None:
         out.append(losses_row(result))
     throughput_run, full_run = _load("evaluate-throughput.json"), _load("evaluate.json")

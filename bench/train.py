@@ -2,6 +2,7 @@
 max length, in the same run.
 
     .venv/bin/python bench/train.py [--batch 16] [--steps 8] [--max-length 64] [--repeats 2] [--length-bucketing]
+                                    [--bf16]
 
 Data: Cranfield human groups (train half of the seeded query split, 5 grades, BM25 negatives),
 k = 4 passages per query. sentence-transformers gets the same groups as (anchor, positive,
@@ -24,7 +25,12 @@ backward), measured inside the loop. synrank encodes queries and passages in len
 (always); ``--length-bucketing`` also turns on ``train.length_bucketing`` (batches of groups of
 similar length, which changes the in-batch negatives; sentence-transformers keeps its random batches).
 
-Writes bench/results/train.json.
+``--bf16`` (CPUs with AVX512-BF16 or AMX): synrank trains with ``train.cpu_amp`` (bf16 autocast, fp32
+master weights, scores and loss), and sentence-transformers runs twice per repeat: as a user gets it
+(fp32, the reference of the ratios) and with ``bf16=True`` in its training arguments (the same
+autocast), so the table shows what mixed precision alone gives each.
+
+Writes bench/results/train.json (train-bf16.json with ``--bf16``).
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ def build_groups(data: Path, k: int, out: str) -> int:
     return table.num_rows
 
 
-def run_st(groups: str, model_path: str, batch: int, steps: int, max_length: int, threads: int) -> dict:
+def run_st(groups: str, model_path: str, batch: int, steps: int, max_length: int, threads: int,
+           bf16: bool = False) -> dict:
     import pyarrow.parquet as pq
     import torch
     from datasets import Dataset
@@ -99,7 +106,7 @@ def run_st(groups: str, model_path: str, batch: int, steps: int, max_length: int
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=2e-5,
             warmup_ratio=0.1, weight_decay=0.01, save_strategy="no", report_to="none", logging_steps=10_000,
-            dataloader_drop_last=True, seed=0, use_cpu=True, disable_tqdm=True, max_grad_norm=1.0)
+            dataloader_drop_last=True, seed=0, use_cpu=True, disable_tqdm=True, max_grad_norm=1.0, bf16=bf16)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                              loss=MultipleNegativesRankingLoss(model, scale=20.0),
                                              callbacks=[Timer()])
@@ -109,7 +116,7 @@ def run_st(groups: str, model_path: str, batch: int, steps: int, max_length: int
 
 
 def run_synrank(groups: str, model_path: str, batch: int, steps: int, max_length: int, workers: int,
-                cpus: int, length_bucketing: bool = False) -> dict:
+                cpus: int, length_bucketing: bool = False, cpu_amp: bool = False) -> dict:
     from synrank.config import EncoderConfig, TrainConfig
     from synrank.train import fit
 
@@ -118,7 +125,7 @@ def run_synrank(groups: str, model_path: str, batch: int, steps: int, max_length
                       loss="infonce", loss_params={"temperature": 0.05}, batch_size=batch // workers,
                       num_workers=workers, cpus_per_worker=max(1, cpus // workers), max_steps=steps, lr=2e-5,
                       warmup_ratio=0.1, checkpoint_every=10_000, keep_checkpoints=1, amp=False,
-                      length_bucketing=length_bucketing)
+                      cpu_amp=cpu_amp, length_bucketing=length_bucketing)
     with tempfile.TemporaryDirectory() as out:
         result = fit(cfg, groups, out, export=False)
     h = result.metrics_history[1:]
@@ -135,10 +142,13 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--length-bucketing", action="store_true", help="synrank with train.length_bucketing")
+    parser.add_argument("--bf16", action="store_true",
+                        help="synrank with train.cpu_amp; sentence-transformers also with bf16=True")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
+    parser.add_argument("--out", help="default bench/results/train.json (train-bf16.json with --bf16)")
     args = parser.parse_args()
+    args.out = args.out or str(REPO / "bench" / "results" / ("train-bf16.json" if args.bf16 else "train.json"))
     logging.basicConfig(level=logging.WARNING)
 
     from synrank.models import resolve_encoder
@@ -154,16 +164,20 @@ def main() -> int:
     repeats = []
     for r in range(args.repeats):
         st = run_st(groups, model_path, args.batch, args.steps, args.max_length, args.cpus)
+        st_bf16 = run_st(groups, model_path, args.batch, args.steps, args.max_length, args.cpus, bf16=True) \
+            if args.bf16 else None
         one = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 1, args.cpus,
-                          args.length_bucketing)
+                          args.length_bucketing, args.bf16)
         two = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 2, args.cpus,
-                          args.length_bucketing)
+                          args.length_bucketing, args.bf16)
         repeats.append({"st": st, "synrank_1": one, "synrank_2": two,
                         "ratio_1": one["examples_per_s"] / st["examples_per_s"],
                         "ratio_2": two["examples_per_s"] / st["examples_per_s"]})
+        if st_bf16 is not None:
+            repeats[-1].update(st_bf16=st_bf16, ratio_1_vs_st_bf16=one["examples_per_s"] / st_bf16["examples_per_s"])
         print(f"repeat {r + 1}: ST {st['examples_per_s']:.2f}/s, synrank 1w {one['examples_per_s']:.2f}/s "
-              f"({repeats[-1]['ratio_1']:.2f}x), 2w {two['examples_per_s']:.2f}/s ({repeats[-1]['ratio_2']:.2f}x)",
-              flush=True)
+              f"({repeats[-1]['ratio_1']:.2f}x), 2w {two['examples_per_s']:.2f}/s ({repeats[-1]['ratio_2']:.2f}x)"
+              + (f", ST bf16 {st_bf16['examples_per_s']:.2f}/s" if st_bf16 else ""), flush=True)
 
     def med(key, sub=None):
         return statistics.median(x[key][sub] if sub else x[key] for x in repeats)
@@ -177,23 +191,30 @@ def main() -> int:
         "loss_share_of_step_1_worker": med("synrank_1", "loss_share"),
         "loss_share_of_step_2_workers": med("synrank_2", "loss_share"),
     }
+    if args.bf16:
+        summary.update(st_bf16_examples_per_s=med("st_bf16", "examples_per_s"),
+                       ratio_1_worker_vs_st_bf16=med("ratio_1_vs_st_bf16"))
     result = {
         "benchmark": "train throughput, synrank (Ray Train) vs sentence-transformers (MNRL)",
         "settings": {"model": "all-MiniLM-L6-v2 (packaged)", "data": f"cranfield human groups ({n_groups})",
                      "batch_queries": args.batch, "group_size": args.group_size, "max_length": args.max_length,
                      "steps": args.steps, "repeats": args.repeats, "cpus": args.cpus,
                      "length_bucketing": args.length_bucketing,
+                     "precision": "bf16 autocast (train.cpu_amp; ST bf16=True beside)" if args.bf16 else "fp32",
                      "ray_worker_niceness": os.environ.get("RAY_worker_niceness")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "summary": summary,
         "repeats": repeats,
     }
+    amp = ", cpu_amp" if args.bf16 else ""
     rows = [
         ("sentence-transformers fit (MNRL)", summary["st_examples_per_s"], 1.0, None),
-        ("synrank, 1 worker", summary["synrank_1_worker_examples_per_s"], summary["ratio_1_worker"],
+        *([("sentence-transformers fit, bf16=True", summary["st_bf16_examples_per_s"],
+            summary["st_bf16_examples_per_s"] / summary["st_examples_per_s"], None)] if args.bf16 else []),
+        (f"synrank, 1 worker{amp}", summary["synrank_1_worker_examples_per_s"], summary["ratio_1_worker"],
          summary["loss_share_of_step_1_worker"]),
-        ("synrank, 2 workers", summary["synrank_2_workers_examples_per_s"], summary["ratio_2_workers"],
+        (f"synrank, 2 workers{amp}", summary["synrank_2_workers_examples_per_s"], summary["ratio_2_workers"],
          summary["loss_share_of_step_2_workers"]),
     ]
     print(f"\n{'run':36} {'examples/s':>11} {'vs ST':>7} {'loss share':>11}")

@@ -79,6 +79,7 @@ class BiEncoder(nn.Module):
         )
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.float()  # bf16/fp16 weights or autocast: pool and normalise in fp32
         if self.config.pooling == "cls":
             emb = hidden[:, 0]
         else:

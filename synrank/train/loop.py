@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import random
 import tempfile
 import time
@@ -340,6 +341,24 @@ def bucket_lengths(groups: GroupShard, encoder: EncoderConfig) -> np.ndarray:
     return groups.lengths(5 * encoder.max_query_length, 5 * encoder.max_passage_length)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), where they beat fp32."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_settings(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of the step's autocast: `train.amp` on CUDA (bf16 where supported, else fp16),
+    `train.cpu_amp` on CPU (bf16, only where the CPU has it natively)."""
+    if device.type == "cuda":
+        return config.amp, torch.bfloat16 if config.amp and torch.cuda.is_bf16_supported() else torch.float16
+    if config.cpu_amp and not cpu_has_native_bf16():
+        raise ValueError(f"train.cpu_amp: the CPU of node {platform.node()} has no native bf16 (AVX512-BF16 or "
+                         "AMX), where bf16 autocast is slower than fp32; set train.cpu_amp: false")
+    return config.cpu_amp, torch.bfloat16
+
+
 def build_loss(config: TrainConfig):
     from synrank.losses import build, params
 
@@ -544,8 +563,7 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, config.warmup_ratio))
     loss_fn = build_loss(config)
 
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp, amp_dtype = autocast_settings(config, device)
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
 
     state = LoopState()
