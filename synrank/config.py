@@ -257,7 +257,9 @@ class TrainConfig(Section):
     wise_ft_alpha: float = Field(1.0, gt=0.0, le=1.0, description="WiSE-FT: the exported weights are "
                                  "alpha * fine-tuned + (1 - alpha) * base (1: the fine-tuned weights as trained)")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the encoder's dropout")
-    report_every: int = Field(1, ge=1, description="report metrics to Ray Train every N steps")
+    report_every: int = Field(1, ge=1, description="report metrics to Ray Train every N steps, and at most once "
+                              "per poll of its controller (2 s): a report sooner would stall the step until the "
+                              "poll; every step's metrics are in the run's curve either way")
 
     @field_validator("encoder")
     @classmethod

@@ -613,3 +613,18 @@ def test_worker_fault_resumes_from_the_last_checkpoint(ray_session, tiny_encoder
     assert result.resumes == [2]
     assert [h["step"] for h in result.metrics_history] == [1, 2, 3, 4, 5, 6]
     assert Path(result.checkpoint.path).name == "checkpoint_0000006"
+
+
+@pytest.mark.slow
+def test_short_steps_do_not_wait_for_ray_trains_report_poll(ray_session, tiny_encoder, cranfield_groups, tmp_path):
+    """Ray Train takes one report per worker per controller poll (2 s): reporting every short step
+    used to stall each step until the poll. Reports are now at most one per poll, agreed by both
+    workers; every step is still in the history."""
+    from synrank.train import fit
+
+    cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, num_workers=2, max_steps=10, lr=1e-4,
+                      checkpoint_every=100)
+    result = fit(cfg, cranfield_groups, str(tmp_path / "run"), export=False)
+    assert [h["step"] for h in result.metrics_history] == list(range(1, 11))
+    cycles = sorted(cfg.batch_size * 2 / h["examples_per_s"] for h in result.metrics_history[1:])
+    assert cycles[len(cycles) // 2] < 1.0, cycles  # stalled on the poll, each cycle took about 2 s

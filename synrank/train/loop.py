@@ -415,6 +415,10 @@ class Context:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         pass
 
+    def report_due(self) -> bool:
+        """Whether a step without a checkpoint may report now (every worker gets the same answer)."""
+        return True
+
 
 class LocalContext(Context):
     """No Ray: one worker in this process; checkpoints (if a directory is given) are kept as
@@ -455,6 +459,20 @@ class RayContext(Context):
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
+        self.last_report = time.monotonic()
+        self.report_interval_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+
+    def report_due(self) -> bool:
+        """Ray Train takes one report per worker per poll of its controller (every
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): a worker reporting sooner waits for the poll, so
+        steps shorter than that would stall on every report. Due once a poll interval has passed on
+        any worker (agreed over the process group, so that all workers report together)."""
+        due = time.monotonic() - self.last_report >= self.report_interval_s
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([int(due)], device=self.device())  # NCCL reduces on the GPU
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            due = bool(flag.item())
+        return due
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -478,6 +496,7 @@ class RayContext(Context):
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:07d}" if checkpoint_dir else None)
+        self.last_report = time.monotonic()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -667,7 +686,8 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
             state.history.append(metrics)
             last = state.step == total
             checkpoint = state.step % config.checkpoint_every == 0 or last
-            if checkpoint or last or state.step % config.report_every == 0:
+            # every step's metrics are in state.history (the run's curve); reports feed Ray Train and Tune
+            if checkpoint or last or (state.step % config.report_every == 0 and ctx.report_due()):
                 with tempfile.TemporaryDirectory(prefix="synrank-ckpt-") as tmp:
                     ckpt_dir = None
                     if checkpoint and rank == 0:
