@@ -64,6 +64,20 @@ def test_the_peer_trains_and_saves_a_model_synrank_evaluates(tmp_path):
     assert not np.allclose(tuned, base, atol=1e-4), "two MNRL steps at lr 1e-4 left the weights unchanged"
 
 
+
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_the_peer_trains_in_bf16_exactly_when_synrank_does(cpu_amp, tmp_path, monkeypatch):
+    """Same budget, same precision: train.cpu_amp reaches the peer's training arguments."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    seen = {}
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", lambda self: seen.setdefault("bf16", self.args.bf16))
+    groups = _groups(tmp_path / "g.parquet", [("wing flutter", [("flutter of a swept wing", 3), ("nozzles", 0)])])
+    cfg = TrainConfig(encoder=EncoderConfig(max_query_length=16, max_passage_length=16), batch_size=1, max_steps=1,
+                      cpu_amp=cpu_amp)
+    fit_st_mnrl(cfg, groups, str(tmp_path / "peer"), n_levels=4)
+    assert seen == {"bf16": cpu_amp}
+
 def test_the_verdict_against_the_peer_names_it():
     qs = {f"q{i}": {"ndcg@10": 0.5 + 0.01 * i} for i in range(20)}
     peer = {q: {"ndcg@10": v["ndcg@10"] - 0.05} for q, v in qs.items()}

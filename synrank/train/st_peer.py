@@ -9,7 +9,8 @@ the positive is the group's best-graded passage if it reaches synrank's positive
 Budget and settings follow the ``TrainConfig`` synrank trains with: epochs (or max_steps), queries
 per step (``batch_size`` times ``num_workers``), learning rate, warm-up, weight decay, gradient
 clipping, seed, the passage length limit (sentence-transformers has one limit for queries and
-passages), and MNRL's scale = 1 / InfoNCE temperature (``loss_params.temperature``, default 0.05).
+passages), bf16 autocast when synrank has it (``train.cpu_amp``), and MNRL's scale = 1 / InfoNCE
+temperature (``loss_params.temperature``, default 0.05).
 Batches take no duplicate texts (``BatchSamplers.NO_DUPLICATES``), as sentence-transformers
 recommends for MNRL. Nothing of synrank's own recipe is added (no WiSE-FT): this is plain ``fit``.
 """
@@ -93,7 +94,8 @@ def fit_st_mnrl(config: TrainConfig, groups_path: str, out_dir: str, *, n_levels
             num_train_epochs=config.epochs, max_steps=config.max_steps or -1, learning_rate=config.lr,
             warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
             max_grad_norm=config.max_grad_norm or 0.0, seed=config.seed, save_strategy="no", report_to="none",
-            logging_steps=10_000, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, disable_tqdm=True)
+            logging_steps=10_000, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, disable_tqdm=True,
+            bf16=config.cpu_amp)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                              loss=MultipleNegativesRankingLoss(model, scale=1.0 / temperature))
         try:
