@@ -236,8 +236,11 @@ class TrainConfig(Section):
     grad_accumulation: int = Field(1, ge=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    amp: bool = Field(True, description="mixed precision on CUDA workers (bf16 where supported, else fp16 with a gradient scaler); scores and losses stay fp32")
-    cpu_amp: bool = Field(False, description="bf16 autocast on CPU workers: about 2x faster steps on CPUs with AVX512-BF16 or AMX, slower on CPUs without (refused there); master weights, scores and losses stay fp32")
+    amp: bool = Field(True, description="mixed precision on CUDA workers (bf16 where supported, else fp16 with "
+                      "a gradient scaler); scores and losses stay fp32")
+    cpu_amp: bool = Field(False, description="bf16 autocast on CPU workers: about 2x faster steps on CPUs with "
+                          "AVX512-BF16 or AMX, slower on CPUs without (refused there); master weights, scores and "
+                          "losses stay fp32")
     prefetch: bool = Field(True, description="collate and tokenize the next batch while this step runs")
     grad_cache_chunk: int | None = Field(
         None, ge=1, description="GradCache: encode at most this many texts at a time with gradients, from "
