@@ -455,7 +455,9 @@ def test_each_worker_reads_only_its_shard_of_the_groups(two_worker_run, cranfiel
     _, result, groups_read = two_worker_run
     rows = pq.read_metadata(cranfield_groups).num_rows
     assert rows == 9  # odd: the equal split drops one group
-    assert len(groups_read) == len(result.metrics_history) == 12
+    assert len(result.metrics_history) == 12
+    # reports: at least the checkpoints' (steps 4, 8, 12), at most one per step (one per Ray Train poll)
+    assert 3 <= len(groups_read) <= 12
     # every report: each of the two workers read half the table, together all of it but the dropped group
     assert all(per_rank == [rows // 2, rows // 2] for per_rank in groups_read), groups_read
     assert sum(groups_read[0]) == rows - 1
