@@ -96,7 +96,8 @@ def _key(token_ids: Tensor) -> int:
 
 def in_batch_labels(grades: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     """Labels (float) and mask (bool), each ``[Q, Q*k]``, from the ``[Q, k]`` grades and passage keys:
-    synrank's in-batch layout (`synrank.losses.labels`) for groups without padding or origins."""
+    synrank's in-batch layout (`synrank.losses.labels`) for groups without padding, origins or known
+    positives (a sentence-transformers row has texts, not document ids)."""
     return label_matrices(grades, torch.ones_like(grades, dtype=torch.bool), keys)
 
 

@@ -391,3 +391,27 @@ def test_groups_carry_the_query_a_swap_passage_was_written_for(tmp_path, collect
     _synthetic(syn)
     plain = build_groups(cfg)[0]
     assert all(o is None for row in plain.column("origins").to_pylist() for o in row)
+
+
+def test_groups_from_real_labels_list_every_passage_judged_relevant_to_the_query(shared_data):
+    """Cranfield: a group holds 4 passages, but the query has more judged-relevant ones; the groups
+    list all of them (grade > 0 in the qrels), so training can keep them out of its in-batch
+    negatives. Synthetic groups have no such column."""
+    import csv
+
+    coll = shared_data / "cranfield"
+    table, _ = build_groups(GroupsConfig(source="human", collection=str(coll), qrels_levels=5, n_levels=5,
+                                         group_size=4, bm25_negatives=5, limit=30))
+    assert schemas.KNOWN_POSITIVES.name in table.column_names
+    judged: dict[str, set[str]] = {}
+    with open(coll / "qrels" / "test.tsv") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if int(row["score"]) > 0:
+                judged.setdefault(row["query-id"], set()).add(row["corpus-id"])
+    more_than_the_group = 0
+    for row in table.to_pylist():
+        known = set(row["known_positives"])
+        assert known == judged[row["query_id"]]
+        assert {d for d, g in zip(row["doc_ids"], row["grades"]) if g > 0} <= known
+        more_than_the_group += len(known) > sum(g > 0 for g in row["grades"])
+    assert more_than_the_group > 15  # most queries have positives outside their group

@@ -526,6 +526,10 @@ def test_two_processes_score_and_label_the_global_batch_as_one_process_does(tiny
 
     groups = _groups([["a", "b", "c"], ["d", "a"], ["e"], ["f", "g", "b"]],
                      [[3.0, 1.0, 0.0], [2.0, 0.0], [1.0], [3.0, 0.0, 2.0]])
+    # judged-relevant passages outside the group, a different number on each worker: "g" (in rank
+    # 1's half) for q0, "d" (in rank 0's half) for q2
+    for group, known in zip(groups, (["a", "b", "g"], ["d"], ["e", "d", "x", "y", "z"], [])):
+        group.known_positives = known
     out = str(tmp_path / "rank0.pt")
     torch.multiprocessing.spawn(_two_process_losses, args=(str(tmp_path / "pg"), tiny_encoder, [groups[:2], groups[2:]],
                                                            out), nprocs=2)
@@ -536,6 +540,7 @@ def test_two_processes_score_and_label_the_global_batch_as_one_process_does(tiny
     with torch.no_grad():
         scores = scores_for(Towers(encoder), encoder, batch, torch.device("cpu"))
     assert found["scores"].shape == (4, 12) and torch.allclose(found["scores"], scores, atol=1e-5)
+    assert not global_labels(batch, torch.device("cpu"), True)[1][[0, 2], [3 * 3 + 1, 1 * 3 + 0]].any()
     for in_batch in (True, False):
         labels, mask = global_labels(batch, torch.device("cpu"), in_batch)
         gathered_labels, gathered_mask, losses = found[in_batch]

@@ -137,3 +137,54 @@ def test_origins_travel_from_the_groups_file_to_the_batch(tmp_path):
     assert int(batch.origin_keys[1].abs().sum()) == 0
     # a file without the column still reads
     assert GroupShard(table.drop_columns(["origins"])).take(np.array([0]))[0].origins is None
+
+
+def test_a_passage_judged_relevant_to_a_query_is_never_its_in_batch_negative():
+    """Real labels know more positives of a query than its group holds: "d2" is judged relevant to q0
+    but was sampled into q1's group only. Without the groups' known positives it is labelled a
+    negative of q0 (what training did before); with them it is masked for q0, stays q1's own
+    positive and q2's in-batch negative, and nothing else changes; across workers too, where each
+    worker's batch knows a different number of positives."""
+    from synrank.train.loop import global_labels
+
+    groups = [Group("q0", "query 0", ["d0", "n0"], ["t d0", "t n0"], [2.0, 0.0], None, ["d0", "d2", "d9"]),
+              Group("q1", "query 1", ["d2", "n1"], ["t d2", "t n1"], [2.0, 0.0], None, ["d2"]),
+              Group("q2", "query 2", ["d3"], ["t d3"], [1.0], None, [])]
+    k, d2 = 2, 1 * 2 + 0
+    for parts in ([groups], [groups[:1], groups[1:]]):
+        batches = [collate(p, k) for p in parts]
+        plain_labels, plain_mask = label_matrices(*_gathered(batches))
+        assert plain_mask[0, d2] and plain_labels[0, d2] == 0  # the false negative of before
+        widest = max(b.known_keys.shape[1] for b in batches)
+        known = torch.cat([torch.nn.functional.pad(b.known_keys, (0, widest - b.known_keys.shape[1]))
+                           for b in batches])
+        labels, mask = label_matrices(*_gathered(batches), known_keys=known)
+        assert not mask[0, d2]
+        assert mask[1, d2] and labels[1, d2] == 2.0 and mask[2, d2] and labels[2, d2] == 0
+        expected = plain_mask.clone()
+        expected[0, d2] = False
+        assert torch.equal(mask, expected) and torch.equal(labels, plain_labels)
+    labels, mask = global_labels(collate(groups, k), torch.device("cpu"), True)  # what the loop uses
+    assert not mask[0, d2] and mask[2, d2]
+
+
+def test_known_positives_travel_from_the_groups_file_to_the_batch():
+    import pyarrow as pa
+
+    from synrank.data import schemas
+    from synrank.train.collate import GroupShard, doc_key
+
+    rows = [{"query_id": "q0", "query": "x", "doc_ids": ["a", "b"], "texts": ["t", "u"], "grades": [3.0, 0.0],
+             "sources": ["human", "bm25"], "known_positives": ["a", "c", "e"]},
+            {"query_id": "q1", "query": "y", "doc_ids": ["c"], "texts": ["v"], "grades": [3.0],
+             "sources": ["human"], "known_positives": None}]
+    table = pa.Table.from_pylist(rows, schema=schemas.TRAINING_GROUPS.append(schemas.KNOWN_POSITIVES))
+    got = GroupShard(table).take(np.array([0, 1]))
+    assert got[0].known_positives == ["a", "c", "e"] and got[1].known_positives == []
+    batch = collate(got, 2)
+    assert batch.known_keys.tolist() == [[doc_key("a"), doc_key("c"), doc_key("e")], [0, 0, 0]]
+    labels, mask = label_matrices(batch.grades, batch.valid, batch.doc_keys, known_keys=batch.known_keys)
+    assert not mask[0, 2] and mask[1, 2] and mask[1, 0]  # "c", judged for q0, sits in q1's group
+    # a file without the column: no keys, the batch as before
+    plain = collate(GroupShard(table.drop_columns(["known_positives"])).take(np.array([0, 1])), 2)
+    assert plain.known_keys is None

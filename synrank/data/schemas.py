@@ -42,6 +42,11 @@ WRITTEN_FOR = pa.field("for_query_id", pa.string())
 #: was written for (a swap passage), else null. Training masks such a passage for that query.
 ORIGINS = pa.field("origins", pa.list_(pa.string()))
 
+#: Optional column of training groups built from real labels: the ids of every passage judged
+#: relevant to the query (grade > 0), in the group or not. Training never uses one of them as an
+#: in-batch negative of that query when it turns up in another query's group.
+KNOWN_POSITIVES = pa.field("known_positives", pa.list_(pa.string()))
+
 TRAINING_GROUPS = pa.schema(
     [
         ("query_id", pa.string()),

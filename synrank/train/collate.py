@@ -29,11 +29,13 @@ the grade when ``j`` is one of ``i``'s own passages, else 0. The mask removes pa
 shorter than ``K``), copies of ``i``'s own passages that sit in another query's group (the same
 document judged for ``i`` must not count as its negative), passages of another query's group that
 were written for ``i`` (a "swap" level-0 passage is a top-level passage written for its partner
-query: the groups' optional ``origins`` column names that query), and, with
+query: the groups' optional ``origins`` column names that query), passages of another query's
+group that are judged relevant to ``i`` (the groups' optional ``known_positives`` column lists them:
+real labels know more positives of a query than its group holds), and, with
 ``in_batch_negatives=False``, every slot outside ``i``'s own group.
 
 A worker's batch carries compact per-query data (grades, valid slots, document keys and origin
-keys, each ``[B, K]``, and query keys ``[B]``); the loop gathers them from every worker and
+keys, each ``[B, K]``, query keys ``[B]`` and known-positive keys ``[B, M]``); the loop gathers them from every worker and
 ``synrank.losses.labels.label_matrices`` builds the ``[B_global, N]`` labels and mask from them on the device.
 """
 
@@ -52,12 +54,13 @@ from synrank.data.groups import GroupsError, _rng, sample_group
 
 GROUP_COLUMNS = ["query_id", "query", "doc_ids", "texts", "grades"]
 ORIGINS = "origins"  # optional (synrank.data.schemas.ORIGINS)
+KNOWN_POSITIVES = "known_positives"  # optional (synrank.data.schemas.KNOWN_POSITIVES)
 
 
 def group_columns(names: list[str]) -> list[str]:
     """The columns training reads from a groups table with column ``names``: GROUP_COLUMNS, and
-    ``origins`` when the table has it."""
-    return GROUP_COLUMNS + ([ORIGINS] if ORIGINS in names else [])
+    ``origins`` and ``known_positives`` when the table has them."""
+    return GROUP_COLUMNS + [c for c in (ORIGINS, KNOWN_POSITIVES) if c in names]
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Group:
     texts: list[str]
     grades: list[float]
     origins: list[str | None] | None = None  # per passage: another query it was written for, or None
+    known_positives: list[str] | None = None  # every passage judged relevant to the query
 
 
 class GroupShard:
@@ -116,8 +120,11 @@ class GroupShard:
 
     def take(self, indices: np.ndarray) -> list[Group]:
         rows = self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
+        # with the column every group has a list (null: none known), so that every worker's batches
+        # carry known-positive keys alike
+        known = KNOWN_POSITIVES in self.table.column_names
         return [Group(r["query_id"], r["query"], r["doc_ids"], r["texts"], [float(g) for g in r["grades"]],
-                      r.get(ORIGINS))
+                      r.get(ORIGINS), (r[KNOWN_POSITIVES] or []) if known else None)
                 for r in rows]
 
 
@@ -199,6 +206,7 @@ class Batch:
     group_size: int
     query_keys: torch.Tensor | None = None  # int64 [B]: doc_key of each query id
     origin_keys: torch.Tensor | None = None  # int64 [B, K]: doc_key of the query a passage was written for, else 0
+    known_keys: torch.Tensor | None = None  # int64 [B, M]: doc_keys of the passages judged relevant, 0-padded
 
     @property
     def n_queries(self) -> int:
@@ -218,7 +226,7 @@ def _sampled(group: Group, k: int, seed: int, epoch: int) -> Group:
     chosen = sample_group(list(range(len(group.doc_ids))), k, rng, "stratified", grade=lambda i: group.grades[i])
     origins = None if group.origins is None else [group.origins[i] for i in chosen]
     return Group(group.query_id, group.query, [group.doc_ids[i] for i in chosen], [group.texts[i] for i in chosen],
-                 [group.grades[i] for i in chosen], origins)
+                 [group.grades[i] for i in chosen], origins, group.known_positives)
 
 
 def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int = 0) -> Batch:
@@ -232,6 +240,11 @@ def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int =
     slots = [qi * k + j for qi, g in enumerate(chosen) for j in range(len(g.doc_ids))]
     origins = [[doc_key(o) if o else 0 for o in (g.origins or [None] * len(g.doc_ids))] + [0] * p
                for g, p in zip(chosen, pad)]
+    known_keys = None
+    if any(g.known_positives is not None for g in chosen):
+        known = [[doc_key(d) for d in g.known_positives or []] for g in chosen]
+        m = max(1, max(len(keys) for keys in known))
+        known_keys = torch.tensor([keys + [0] * (m - len(keys)) for keys in known], dtype=torch.int64)
     return Batch(
         queries=[g.query for g in chosen],
         passages=[t for g in chosen for t in g.texts],
@@ -242,4 +255,5 @@ def collate(groups: list[Group], group_size: int, *, seed: int = 0, epoch: int =
         group_size=k,
         query_keys=torch.tensor([doc_key(g.query_id) for g in chosen], dtype=torch.int64),
         origin_keys=torch.tensor(origins, dtype=torch.int64).reshape(len(chosen), k),
+        known_keys=known_keys,
     )

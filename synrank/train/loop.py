@@ -99,11 +99,22 @@ def global_labels(batch: Batch, device: torch.device, in_batch_negatives: bool) 
     """Labels and mask ``[B_global, N]`` of the global batch, built on ``device`` from every worker's
     compact per-query data."""
     grades, valid, doc_keys = (gather(t.to(device)) for t in (batch.grades, batch.valid, batch.doc_keys))
-    query_keys = origin_keys = None
+    query_keys = origin_keys = known_keys = None
     if batch.query_keys is not None and batch.origin_keys is not None:
         query_keys, origin_keys = (gather(t.to(device)) for t in (batch.query_keys, batch.origin_keys))
+    if batch.known_keys is not None:
+        known_keys = gather(_padded_to_widest(batch.known_keys.to(device)))
     return label_matrices(grades, valid, doc_keys, in_batch_negatives=in_batch_negatives, query_keys=query_keys,
-                          origin_keys=origin_keys)
+                          origin_keys=origin_keys, known_keys=known_keys)
+
+
+def _padded_to_widest(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, M] right-padded with zeros to the largest M of all workers (all-gather needs one shape)."""
+    if not _distributed():
+        return x
+    widest = torch.tensor([x.shape[1]], device=x.device)
+    dist.all_reduce(widest, op=dist.ReduceOp.MAX)
+    return torch.nn.functional.pad(x, (0, int(widest.item()) - x.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------------
