@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class IdleTrainRun:
         if self.thread is not None:
             self.thread.join(timeout=60)
         ray.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def one_repeat(args: argparse.Namespace, groups: str) -> dict:
