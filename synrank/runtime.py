@@ -368,6 +368,19 @@ def watch_progress(what: str, stall_s: float | None = None) -> ProgressWatch:
     return ProgressWatch(what, _stall_warning_s if stall_s is None else float(stall_s))
 
 
+def with_progress_bars(dataset: Any, shown: bool) -> Any:
+    """`dataset` with Ray Data's progress bars on or off (a dataset runs with the settings it was
+    created with, so this sets its own). A stage that reports its own progress (`watch_progress`)
+    turns them off: Ray Data draws them on every step of its scheduling loop, in the driver, on the
+    CPUs the stage's model runs on."""
+    if not shown:
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")  # Ray Data's warning that they are off: they are off on purpose
+    dataset.context.enable_progress_bars = shown
+    return dataset
+
+
 def _fmt(resources: dict[str, float]) -> str:
     return ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()))
 

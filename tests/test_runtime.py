@@ -33,7 +33,10 @@ def _ray_listening_sockets() -> list[tuple[str, int, str]]:
     found = []
     for conn in psutil.net_connections(kind="inet"):
         if conn.status == psutil.CONN_LISTEN and conn.pid in ours:
-            found.append((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+            try:
+                found.append((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+            except psutil.NoSuchProcess:  # it exited after the listing (an engine of an earlier test)
+                pass
     return found
 
 

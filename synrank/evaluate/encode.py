@@ -382,7 +382,7 @@ def encode_sources(
     import ray
 
     from synrank.data.readers import split_corpus
-    from synrank.runtime import cluster_resources, ensure_node, stage_options, watch_progress
+    from synrank.runtime import cluster_resources, ensure_node, stage_options, watch_progress, with_progress_bars
 
     use_gpus = _check_backend((overrides or {}).get("backend", "torch"), use_gpus)
     resources = resources or cluster_resources()
@@ -429,20 +429,14 @@ def encode_sources(
         **remote,
     )
     result = {s.key: EncodedShards() for s in sources}
-    ctx = ray.data.DataContext.get_current()
-    shown = ctx.enable_progress_bars
-    ctx.enable_progress_bars = progress
-    try:
-        with watch_progress(f"evaluation encoding: {plan.describe()}") as watch:
-            for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-                watch.tick()
-                for key, kind, path, rows, actor, init_s, encode_s, init_cpu_s, encode_cpu_s, actor_cpu_s in zip(
-                        *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
-                    result[key].shards[kind].append((path, rows))
-                    if stats is not None:
-                        stats.add(actor, init_s, encode_s, rows, init_cpu_s, encode_cpu_s, actor_cpu_s)
-    finally:
-        ctx.enable_progress_bars = shown
+    with watch_progress(f"evaluation encoding: {plan.describe()}") as watch:
+        for batch in with_progress_bars(encoded, progress).iter_batches(batch_format="pyarrow", batch_size=None):
+            watch.tick()
+            for key, kind, path, rows, actor, init_s, encode_s, init_cpu_s, encode_cpu_s, actor_cpu_s in zip(
+                    *(batch.column(c).to_pylist() for c in _RESULT_SCHEMA.names)):
+                result[key].shards[kind].append((path, rows))
+                if stats is not None:
+                    stats.add(actor, init_s, encode_s, rows, init_cpu_s, encode_cpu_s, actor_cpu_s)
     return result
 
 

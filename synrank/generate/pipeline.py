@@ -59,6 +59,7 @@ import json
 import logging
 import math
 import time
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
@@ -84,6 +85,10 @@ FORMAT_VERSION = 1
 # Appended to the digest of a shard that lost rows to engine errors: it never matches, so a rerun
 # redoes the shard.
 ENGINE_ERROR_MARK = "+engine_error"
+# How long generation waits, once its engines are up, for the warm-up to finish (`start_warm_up`):
+# on an autoscaling cluster its tasks wait for a generation node like the engines, and then finish
+# just after them; a warm-up that is stuck must not hold the run.
+WARM_UP_GRACE_S = 10.0
 
 
 class GenerateError(ValueError):
@@ -521,7 +526,7 @@ def generate(
     import ray.data  # imported before the engines start: a second or more, not to be paid in the run
 
     from synrank.llm.pool import EnginePool
-    from synrank.runtime import init_ray_for, stage_options, watch_progress
+    from synrank.runtime import init_ray_for, stage_options, watch_progress, with_progress_bars
 
     if not cfg.out:
         raise GenerateError("generate.out is required (--out DIR)")
@@ -554,9 +559,10 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
-            _warm_workers(min(len(todo), 2 * (cfg.num_engines or 1)))
+            warm_up = start_warm_up(min(len(todo), 2 * (cfg.num_engines or 1)))
             own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
                                                cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
+            warm_up.join(timeout=WARM_UP_GRACE_S)
             run["engine_startup_s"] = round(time.perf_counter() - startup, 2)
         for task in todo:
             task.engine = task.shard % pool.num_engines
@@ -576,7 +582,7 @@ def generate(
                         compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
                         num_cpus=0, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
-                for summary in ds.iter_rows():
+                for summary in with_progress_bars(ds, False).iter_rows():
                     watch.tick()
                     summary = dict(summary)
                     summaries.append(summary)
@@ -601,26 +607,37 @@ def generate(
     return GenerateResult(out, rep, len(summaries), skipped, summaries)
 
 
-def _warm_stage_worker() -> None:
+def _warm_stage_worker(row: dict[str, Any]) -> dict[str, Any]:
     import ray.data._internal.execution.operators.map_transformer  # noqa: F401 - what a map task runs
 
     import synrank.generate.pipeline  # noqa: F401
 
+    return row
 
-def _warm_workers(n: int) -> None:
-    """Have `n` Ray workers import what the engine stage runs while the engines start: the first
-    Ray Data task of a worker otherwise spends seconds importing, with the engines ready and idle.
-    Fire and forget: a warm-up that cannot run costs nothing but that."""
-    import ray
 
-    from synrank.runtime import stage_options
+def start_warm_up(n: int) -> threading.Thread:
+    """Ready, while the engines start, what the generation stage needs besides them: `n` Ray
+    workers that have imported the stage's code, and the helper actors Ray Data starts for the
+    first dataset a driver runs (its stats actor and autoscaling coordinator). Otherwise the run's
+    first seconds go to starting those processes, on the CPUs the engines generate on (about 3 CPU
+    seconds here). A tiny dataset of the stage's own kind does both; it runs in a thread, and a
+    warm-up that fails or is not done when the engines are costs nothing but the time it saves."""
+    import ray.data
 
-    try:
-        warm = ray.remote(_warm_stage_worker).options(num_cpus=0, max_retries=0, **stage_options("generate"))
-        for _ in range(max(1, n)):
-            warm.remote()
-    except Exception as exc:  # pragma: no cover - an optimisation only
-        log.debug("no worker warm-up: %s", exc)
+    from synrank.runtime import stage_options, with_progress_bars
+
+    def run() -> None:
+        try:
+            ds = ray.data.from_items([{"i": i} for i in range(max(1, n))], override_num_blocks=max(1, n))
+            ds = ds.map(_warm_stage_worker, compute=ray.data.TaskPoolStrategy(size=max(1, n)), num_cpus=0,
+                        **stage_options("generate"))
+            with_progress_bars(ds, False).materialize()
+        except Exception as exc:  # pragma: no cover - an optimisation only
+            log.debug("no generation warm-up: %s", exc)
+
+    thread = threading.Thread(target=run, name="synrank-generation-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _with_seed_mode(settings: RunSettings, pool: Any) -> RunSettings:
