@@ -62,6 +62,11 @@ def generate_row(result: dict) -> tuple[str, ...]:
                 f"{work['queries']} DL19 queries × 4 levels ({work['prompts']} prompts), ≤ {work['max_tokens']} "
                 f"tokens, {work['model']}")
     parts = [f"pipeline / bare engine {_ratio(ratios['pipeline_over_standalone'], GENERATE_PIPELINE_OVER_ENGINE)}"]
+    if "pipeline_no_retries_over_standalone" in ratios:
+        parts.append(f"without the retries of rejected passages (`generate.max_retries=0`) "
+                     f"{ratios['pipeline_no_retries_over_standalone']:.2f}×")
+    if "paired_ratios" in result:
+        parts.append(f"medians of {len(result['paired_ratios'])} alternating runs")
     if "synrank_generate_over_transformers" in ratios:
         parts.append(f"synrank / HF `generate` "
                      f"{_ratio(ratios['synrank_generate_over_transformers'], GENERATE_OVER_HF)} "
