@@ -335,6 +335,49 @@ def test_a_real_shard_is_one_engine_call(generate_pool, tmp_path):
     assert shard_digest_on_disk(str(tmp_path), 0) == task.digest
 
 
+@pytest.mark.slow
+def test_two_calls_on_one_engine_share_its_batch_and_each_gets_its_own_answers(generate_pool):
+    """The engine actor takes two calls at once (one per shard feeder): their requests decode in one
+    batch, and every finished request goes back to the call and prompt it came from - the same
+    greedy text each call gets alone. A plain `generate` sent meanwhile waits its turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fixtures_generate import TEST_MAX_TOKENS
+    from synrank.llm.engine import SamplingSpec
+
+    greedy = SamplingSpec(max_tokens=TEST_MAX_TOKENS, temperature=0.0)
+    retry = SamplingSpec(max_tokens=TEST_MAX_TOKENS // 2, temperature=0.0)
+    calls = {
+        "a": ([[{"role": "user", "content": f"Write one sentence about {t}."}] for t in ("goldfish", "rain", "bread")],
+              RejectFirst({0, 2})),
+        "b": ([[{"role": "user", "content": f"In a few words, explain why {t} matters to people."}]
+               for t in ("sleep", "the moon", "clean water", "music")], RejectFirst({1})),
+    }
+
+    def until_valid(key):
+        prompts, validate = calls[key]
+        seeds = [[stable_int(1, i, a) for a in range(2)] for i in range(len(prompts))]
+        return generate_pool.generate_until_valid_on(0, prompts, seeds, validate, sampling=greedy,
+                                                     retry_sampling=retry, max_retries=1)
+
+    alone = {key: until_valid(key) for key in calls}
+    shared_before = generate_pool.info()[0]["shared_steps"]
+    with ThreadPoolExecutor(2) as threads:
+        together = {key: threads.submit(until_valid, key) for key in calls}
+        together = {key: f.result(timeout=300) for key, f in together.items()}
+        assert generate_pool.info()[0]["shared_steps"] > shared_before
+        looped = threads.submit(until_valid, "a")
+        plain = threads.submit(generate_pool.generate_on, 0, calls["b"][0], greedy).result(timeout=300)
+        looped = looped.result(timeout=300)
+    for key in calls:
+        assert [[c.text for c in tries] for tries in together[key]] == [[c.text for c in tries] for tries in alone[key]]
+        assert [[c.prompt_tokens for c in tries] for tries in together[key]] == [
+            [c.prompt_tokens for c in tries] for tries in alone[key]]
+    assert [len(tries) for tries in together["a"]] == [2, 1, 2]
+    assert [c.text for c in plain] == [tries[0].text for tries in alone["b"]]
+    assert [[c.text for c in tries] for tries in looped] == [[c.text for c in tries] for tries in alone["a"]]
+
+
 class _FlakyUntilValid:
     """An engine actor whose `generate_until_valid` raises on the first call of its first life."""
 

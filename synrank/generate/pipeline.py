@@ -15,7 +15,9 @@ Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries, one Ray
 
 Each shard is sent whole to one engine of the pool (`shard % num_engines`), so vLLM batches all
 its prompts at once and prefix caching serves the levels of a query from one prefix; its retries
-run in that same batch, not as small calls afterwards with the engine nearly idle. Validation
+run in that same batch, not as small calls afterwards with the engine nearly idle. Two shards run on
+an engine at once and share its batch, so the last retries of one shard decode beside the next
+shard's prompts (`synrank.llm.engine`, several calls on one engine). Validation
 needs the engine again (retries), which is why generation, parsing and writing of a shard happen in
 one Ray Data stage; it is a stage of tasks, which start in workers that are already up (an actor
 pool would be started and stopped with every run, seconds during which the engines wait).
@@ -76,7 +78,7 @@ from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import swap_partners
 from synrank.llm import shards
 from synrank.llm.engine import SamplingSpec, generator_label, retry_by_calls, spec_from_config
-from synrank.llm.pool import EngineError, PoolHandle
+from synrank.llm.pool import CALLS_PER_ENGINE, EngineError, PoolHandle
 from synrank.llm.seeds import stable_int
 
 log = logging.getLogger(__name__)
@@ -559,7 +561,7 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
-            warm_up = start_warm_up(min(len(todo), 2 * (cfg.num_engines or 1)))
+            warm_up = start_warm_up(min(len(todo), CALLS_PER_ENGINE * (cfg.num_engines or 1)))
             own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
                                                cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
             warm_up.join(timeout=WARM_UP_GRACE_S)
@@ -574,12 +576,13 @@ def generate(
             if isinstance(handle, PoolHandle):
                 handle = replace(handle, retries=cfg.engine_retries)
             # The feeders run beside the engines (on an autoscaling cluster, on the generation nodes):
-            # two shards per engine, so that while one is validated and written the engine serves the other.
+            # two shards per engine, which the engine serves from one batch (`CALLS_PER_ENGINE`): one
+            # shard's retries decode beside the other's prompts, and it is written while the other runs.
             # They ask for no CPU: they mostly wait on the engines, which hold the node's CPUs. A feeder
             # that needed CPU could starve for good once a lost engine is restarted on a surviving node
             # and takes the CPU that the feeders had used between tasks.
             ds = ds.map(generate_shard, fn_kwargs={"settings": settings, "pool": handle},
-                        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), 2 * pool.num_engines))),
+                        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), CALLS_PER_ENGINE * pool.num_engines))),
                         num_cpus=0, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in with_progress_bars(ds, False).iter_rows():

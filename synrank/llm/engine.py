@@ -26,6 +26,13 @@ work at once, at most `max_retries` times. vLLM adds it to the running batch (it
 transformers (no continuous batching) and any engine with `generate` only (`retry_by_calls`) loop
 call and retry. It returns every attempt of each prompt, in attempt order.
 
+Several `generate_until_valid` calls may run at once on one `VLLMEngine` (from threads: the engine
+actor takes two calls at a time, one per shard feeder). They share the engine's batch: whichever
+call holds the engine steps it for all of them and leaves the others' finished requests for them
+(`_SharedSteps`), so one shard's retry tail decodes beside the next shard's prompts instead of
+alone. A plain `generate` (`LLM.generate`, which runs the engine until it is empty) waits until no
+step loop has requests in the engine, and holds it to itself while it runs.
+
 One bad prompt never fails a batch: prompts longer than the context are answered with an
 `error:` completion without reaching the engine, and if a batch raises anyway its prompts are
 retried one by one so that only the culprit gets an `error:` completion. An engine that died
@@ -37,12 +44,14 @@ per Ray actor, for the generation and the annotation stage alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence, Union
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +321,8 @@ def _error(message: str, prompt_tokens: int = 0) -> Completion:
 class VLLMEngine:
     """`vllm.LLM` configured for CUDA or CPU (see the module docstring)."""
 
+    concurrent_calls = True  # generate_until_valid calls from several threads share the batch
+
     def __init__(self, spec: EngineSpec) -> None:
         from synrank.models import resolve_generator
 
@@ -327,6 +338,7 @@ class VLLMEngine:
         self.llm = LLM(model=self.path, tokenizer=self.path, **kwargs)
         self.renderer = ChatRenderer(self.llm.get_tokenizer())
         self.per_request_seed = self.device == "cuda"
+        self.steps = _SharedSteps(self.llm.llm_engine)
         self.startup_s = time.perf_counter() - started
 
     def _set_env(self) -> None:
@@ -377,7 +389,8 @@ class VLLMEngine:
             "path": self.path,
             "device": self.device,
             "per_request_seed": self.per_request_seed,
-            "step_loops": getattr(self, "step_loops", 0),  # generate_until_valid calls
+            "step_loops": self.steps.loops,  # generate_until_valid calls
+            "shared_steps": self.steps.shared,  # engine steps that served more than one call
             "startup_s": round(self.startup_s, 2),
             "spec": self.spec.to_dict(),
             "pid": os.getpid(),
@@ -437,7 +450,8 @@ class VLLMEngine:
 
     def _run(self, texts: list[str], params: list[Any]) -> list[Completion]:
         try:
-            outputs = self.llm.generate(texts, params, use_tqdm=False)
+            with self.steps.alone():
+                outputs = self.llm.generate(texts, params, use_tqdm=False)
         except Exception as exc:
             if _engine_dead(exc) or len(texts) == 1:
                 if len(texts) == 1 and not _engine_dead(exc):
@@ -452,16 +466,15 @@ class VLLMEngine:
                              max_retries: int, start: Sequence[int] | None = None) -> list[list[Completion]]:
         """Every attempt of each prompt, retries added to the running batch (the module docstring).
 
-        One `add_request`/`step` loop of the engine (`self.step_loops` counts them). An exception of
-        the loop that is not a dead engine aborts what is in flight and finishes the work by calls
-        (`retry_by_calls`), where a batch that raises is retried prompt by prompt; a dead engine is
-        re-raised (the caller restarts it and repeats the whole call)."""
+        One `add_request`/`step` loop of the engine (`self.steps.loops` counts them), shared with the
+        calls running at the same time (`_SharedSteps`). An exception of the loop that is not a dead
+        engine aborts this call's requests and finishes its work by calls (`retry_by_calls`), where a
+        batch that raises is retried prompt by prompt; a dead engine is re-raised (the caller
+        restarts it and repeats the whole call)."""
         first = _check_retry_args(len(prompts), seeds, max_retries, start)
         attempts: list[list[Completion]] = [[] for _ in prompts]
         rendered = [self._render(p) for p in prompts]
-        engine = self.llm.llm_engine
-        self.step_loops = getattr(self, "step_loops", 0) + 1
-        tag = f"synrank-{self.step_loops}"
+        tag = self.steps.loop_tag()
         in_flight: dict[str, tuple[int, int, Any]] = {}  # request id -> (prompt, attempt, params)
 
         def submit(i: int, attempt: int) -> None:
@@ -475,15 +488,9 @@ class VLLMEngine:
                     params = self._params(spec, min(spec.max_tokens, room), _attempt_seed(seeds, i, attempt))
                     params.output_kind = _final_only()
                     request_id = f"{tag}-{i}-{attempt}"
-                    try:
-                        engine.add_request(request_id, text, params)
-                    except Exception as exc:
-                        if _engine_dead(exc):
-                            raise
-                        done = _error(f"{type(exc).__name__}: {exc}")
-                    else:
-                        in_flight[request_id] = (i, attempt, params)
-                        return
+                    self.steps.add(request_id, text, params)
+                    in_flight[request_id] = (i, attempt, params)
+                    return
                 attempts[i].append(done)
                 if validate(i, attempt, done):
                     return
@@ -494,23 +501,19 @@ class VLLMEngine:
             for i in range(len(prompts)):
                 submit(i, first[i])
                 queued = i + 1
-            while in_flight and engine.has_unfinished_requests():
-                for output in engine.step():
-                    if not output.finished or output.request_id not in in_flight:
-                        continue
-                    i, attempt, params = in_flight.pop(output.request_id)
-                    completion = _completion(output, params)
+            while in_flight:
+                for request_id, output in self.steps.finished(in_flight):
+                    i, attempt, params = in_flight.pop(request_id)
+                    if isinstance(output, BaseException):  # the engine refused the request
+                        completion = _error(f"{type(output).__name__}: {output}")
+                    else:
+                        completion = _completion(output, params)
                     attempts[i].append(completion)
                     if not validate(i, attempt, completion):
                         submit(i, attempt + 1)
-            if in_flight:
-                raise RuntimeError(f"the engine stopped with {len(in_flight)} request(s) unfinished")
         except Exception as exc:
             if in_flight:
-                try:
-                    engine.abort_request(list(in_flight))
-                except Exception:  # pragma: no cover - best effort
-                    pass
+                self.steps.abort(list(in_flight))
             if _engine_dead(exc):
                 raise
             log.warning("the retry loop failed (%s: %s); finishing its %d prompt(s) by calls", type(exc).__name__,
@@ -533,6 +536,112 @@ class VLLMEngine:
             except Exception:  # pragma: no cover - best effort
                 pass
             self.llm = None
+
+
+class _SharedSteps:
+    """One vLLM engine's `add_request`/`step` loop, shared by the calls that run on it at once.
+
+    One call at a time has the engine (`_turn`); the others wait on `_changed`. A call that waits for
+    its requests either collects what another call's step finished for it, or, while nobody has the
+    engine, takes it for one step: it first adds every call's queued requests (`add` only queues, so
+    a call never waits for a step to add its work), steps, and files each finished output under its
+    request id. So the requests of all calls decode in one batch, and each call gets back to
+    validating and retrying as soon as its outputs are out. `alone()` is for `LLM.generate`, which
+    steps the engine until it is empty and would take the others' outputs: it waits until no step
+    loop has requests in the engine and has the engine to itself meanwhile."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._changed = threading.Condition()  # guards everything below
+        self._busy = False  # a call has the engine
+        self._queued: list[tuple[str, str, Any]] = []  # requests added but not yet in the engine
+        self._live: set[str] = set()  # requests of step loops not yet collected by their call
+        self._done: dict[str, Any] = {}  # request id -> finished output, or the exception of its add
+        self.loops = 0  # step loops begun (ids of their requests: `loop_tag`)
+        self.shared = 0  # steps that served requests of more than one call
+
+    def loop_tag(self) -> str:
+        with self._changed:
+            self.loops += 1
+            return f"synrank-{self.loops}"
+
+    def add(self, request_id: str, text: str, params: Any) -> None:
+        with self._changed:
+            self._queued.append((request_id, text, params))
+            self._live.add(request_id)
+
+    def finished(self, mine: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """(request id, output) of finished requests in `mine`, at least one; the output is the
+        exception instead where the engine refused the request."""
+        while True:
+            with self._changed:
+                while True:
+                    ready = [(r, self._done.pop(r)) for r in mine if r in self._done]
+                    if ready:
+                        self._forget([r for r, _ in ready])
+                        return ready
+                    if not self._busy:
+                        break
+                    self._changed.wait()
+                self._busy = True
+                queued, self._queued = self._queued, []
+            outputs: list[Any] = []
+            refused: dict[str, BaseException] = {}
+            try:
+                for request_id, text, params in queued:
+                    try:
+                        self.engine.add_request(request_id, text, params)
+                    except Exception as exc:
+                        if _engine_dead(exc):
+                            raise
+                        refused[request_id] = exc
+                idle = not self.engine.has_unfinished_requests()
+                if not idle:
+                    outputs = self.engine.step()
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._done.update((r, exc) for r, exc in refused.items() if r in self._live)
+                    owners = {r.rsplit("-", 2)[0] for r in self._live if r not in self._done}
+                    self.shared += len(owners) > 1
+                    for output in outputs:
+                        if output.finished and output.request_id in self._live:
+                            self._done[output.request_id] = output
+                    self._changed.notify_all()
+            if idle and not refused and not any(r in self._done for r in mine):
+                raise RuntimeError(f"the engine stopped with {len(mine)} request(s) unfinished")
+
+    def abort(self, request_ids: list[str]) -> None:
+        with self._engine_to_myself():
+            try:
+                self.engine.abort_request(request_ids)
+            except Exception:  # pragma: no cover - best effort
+                pass
+        with self._changed:
+            self._queued = [q for q in self._queued if q[0] not in request_ids]
+            for r in request_ids:
+                self._done.pop(r, None)
+            self._forget(request_ids)
+
+    def _forget(self, request_ids: list[str]) -> None:
+        self._live.difference_update(request_ids)
+        self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def _engine_to_myself(self, until: Callable[[], bool] = lambda: True) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._busy and until())
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
+
+    def alone(self) -> contextlib.AbstractContextManager:
+        """The engine to oneself, once no step loop has requests in it."""
+        return self._engine_to_myself(until=lambda: not self._live)
 
 
 def _completion(output: Any, params: Any) -> Completion:

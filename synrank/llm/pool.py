@@ -48,8 +48,10 @@ every life); `EngineActor` removes them before the engine is built.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -65,6 +67,9 @@ DEFAULT_MAX_RESTARTS = 8
 _POLL_S = 5.0  # how often a call in flight looks at its engine's state
 _WAIT_POLL_S = 1.0  # how often a call waiting for an engine to come back looks
 _TEST_KEYS = ("synrank_test_fail_calls", "synrank_test_fail_marker")
+# Calls an engine actor runs at once: the generation stage feeds each engine two shards, and a vLLM
+# engine serves both from one batch (`VLLMEngine.generate_until_valid`); others take them in turn.
+CALLS_PER_ENGINE = 2
 
 
 class EngineError(RuntimeError):
@@ -96,8 +101,14 @@ class EngineActor:
         _start_reaper()
         self.calls = 0
         self.attempts = 0
-        self.busy_s = 0.0
+        self.busy_s = 0.0  # time with at least one call running
         self.tokens = 0
+        self._counting = threading.Lock()
+        self._running = 0
+        self._busy_since = 0.0
+        # An engine without a shared step loop takes one call at a time.
+        self._one_at_a_time = (contextlib.nullcontext() if getattr(self.engine, "concurrent_calls", False)
+                               else threading.Lock())
 
     def ready(self) -> dict[str, Any]:
         return self.info()
@@ -116,29 +127,44 @@ class EngineActor:
         if marker and any(marker in (p if isinstance(p, str) else " ".join(m["content"] for m in p)) for p in prompts):
             raise RuntimeError(f"injected engine fault: a prompt contains {marker!r}")
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
-        self.attempts += 1
+    @contextlib.contextmanager
+    def _call(self, prompts: Sequence[Prompt]):
+        """Counts a call (`calls`, `busy_s`: the union of the calls' times), one at a time where
+        the engine needs that."""
+        with self._counting:
+            self.attempts += 1
         if self._faults:
             self._inject_faults(prompts)
-        started = time.perf_counter()
-        out = self.engine.generate(list(prompts), sampling, None if seeds is None else list(seeds))
-        self.calls += 1
-        self.busy_s += time.perf_counter() - started
-        self.tokens += sum(c.n_tokens for c in out)
+        with self._one_at_a_time:
+            with self._counting:
+                if not self._running:
+                    self._busy_since = time.perf_counter()
+                self._running += 1
+            try:
+                yield
+            finally:
+                with self._counting:
+                    self._running -= 1
+                    if not self._running:
+                        self.busy_s += time.perf_counter() - self._busy_since
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        with self._call(prompts):
+            out = self.engine.generate(list(prompts), sampling, None if seeds is None else list(seeds))
+        with self._counting:
+            self.calls += 1
+            self.tokens += sum(c.n_tokens for c in out)
         return out
 
     def generate_until_valid(self, prompts: Sequence[Prompt], seeds: Sequence[Sequence[int]] | None,
                              validate: Validator, kwargs: dict[str, Any]) -> list[list[Completion]]:
-        self.attempts += 1
-        if self._faults:
-            self._inject_faults(prompts)
-        started = time.perf_counter()
-        out = self.engine.generate_until_valid(list(prompts), None if seeds is None else [list(s) for s in seeds],
-                                               validate, **kwargs)
-        self.calls += 1
-        self.busy_s += time.perf_counter() - started
-        self.tokens += sum(c.n_tokens for tries in out for c in tries)
+        with self._call(prompts):
+            out = self.engine.generate_until_valid(list(prompts), None if seeds is None else [list(s) for s in seeds],
+                                                   validate, **kwargs)
+        with self._counting:
+            self.calls += 1
+            self.tokens += sum(c.n_tokens for tries in out for c in tries)
         return out
 
     def close(self) -> None:
@@ -402,6 +428,7 @@ class EnginePool:
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         min_engines: int | None = None,
         resource_wait_s: float | None = None,
+        calls_per_engine: int = CALLS_PER_ENGINE,
     ) -> "EnginePool":
         """Start engines on the connected cluster (`synrank.runtime.init_ray` first).
 
@@ -410,6 +437,8 @@ class EnginePool:
         up (pending ones are what makes an autoscaler add nodes). Engines request the generation
         stage's custom resources (`runtime.stage_resources.generate`); when none of those nodes is up,
         the pool first asks the autoscaler for one and waits for it (`resource_wait_s`).
+        `calls_per_engine`: calls an engine actor runs at once (1: one after another, as before the
+        shared step loop; bench/generate.py compares the two).
         """
         import ray
 
@@ -431,7 +460,8 @@ class EnginePool:
             "cuda" if any(node.get("GPU", 0.0) >= 1 for node in nodes) else "cpu")
         n = num_engines or default_num_engines(spec, resources, nodes)
         # Ray never retries an engine call: the pool does (another engine, or a restarted one).
-        options: dict[str, Any] = dict(max_restarts=max_restarts, max_task_retries=0, max_concurrency=1,
+        options: dict[str, Any] = dict(max_restarts=max_restarts, max_task_retries=0,
+                                       max_concurrency=calls_per_engine,
                                        **stage_options("generate"))
         gpus_per_node = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
         if device == "cuda" and gpus_per_node and spec.tensor_parallel_size > gpus_per_node:
