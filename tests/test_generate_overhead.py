@@ -19,7 +19,7 @@ from synrank.config import GenerateConfig
 from synrank.generate import parse
 from synrank.generate.parse import ParseSettings, parse_passage, parse_passages
 from synrank.generate.pipeline import (ShardTask, build_requests, errors_path, generate_shard, part_path,
-                                       run_shard, settings_from_config, shard_digest_on_disk)
+                                       run_shard, settings_from_config, shard_digest_on_disk, shards_per_engine)
 from synrank.llm.engine import Completion
 from synrank.llm.seeds import stable_int
 
@@ -376,6 +376,15 @@ def test_two_calls_on_one_engine_share_its_batch_and_each_gets_its_own_answers(g
     assert [len(tries) for tries in together["a"]] == [2, 1, 2]
     assert [c.text for c in plain] == [tries[0].text for tries in alone["b"]]
     assert [[c.text for c in tries] for tries in looped] == [[c.text for c in tries] for tries in alone["a"]]
+
+
+def test_an_engine_gets_the_shards_that_fill_its_batch_and_one_more():
+    from synrank.llm.pool import MAX_CALLS_PER_ENGINE
+
+    assert shards_per_engine(GenerateConfig()) == 2  # a shard (64 queries x 4 levels) fills 64 sequences
+    assert shards_per_engine(GenerateConfig(shard_size=8, batch_size=128)) == 5  # 32 prompts a shard
+    assert shards_per_engine(GenerateConfig(shard_size=8, n_levels=2, samples_per_level=2, batch_size=128)) == 5
+    assert shards_per_engine(GenerateConfig(shard_size=1, batch_size=512)) == MAX_CALLS_PER_ENGINE
 
 
 class _FlakyUntilValid:

@@ -5,7 +5,7 @@
 
 Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries, one Ray Data stage):
 
-    shard tasks --map(generate_shard), tasks, two per engine-->
+    shard tasks --map(generate_shard), tasks, `shards_per_engine` per engine-->
         requests (query x level x sample, with their chats and doc ids) -> engine pool (vLLM actors):
         one `generate_until_valid` call, where the parser (`PassageCheck`) judges each finished
         passage and a rejected row's next attempt joins the engine's running batch at once (at most
@@ -15,9 +15,10 @@ Pipeline (one Ray Dataset whose rows are shards of `shard_size` queries, one Ray
 
 Each shard is sent whole to one engine of the pool (`shard % num_engines`), so vLLM batches all
 its prompts at once and prefix caching serves the levels of a query from one prefix; its retries
-run in that same batch, not as small calls afterwards with the engine nearly idle. Two shards run on
-an engine at once and share its batch, so the last retries of one shard decode beside the next
-shard's prompts (`synrank.llm.engine`, several calls on one engine). Validation
+run in that same batch, not as small calls afterwards with the engine nearly idle. Several shards run
+on an engine at once and share its batch (`shards_per_engine`: enough to fill it, and one more), so
+the last retries of one shard decode beside the other shards' prompts (`synrank.llm.engine`,
+several calls on one engine). Validation
 needs the engine again (retries), which is why generation, parsing and writing of a shard happen in
 one Ray Data stage; it is a stage of tasks, which start in workers that are already up (an actor
 pool would be started and stopped with every run, seconds during which the engines wait).
@@ -78,7 +79,7 @@ from synrank.generate.prompts import get_template, level_prompt
 from synrank.generate.swap import swap_partners
 from synrank.llm import shards
 from synrank.llm.engine import SamplingSpec, generator_label, retry_by_calls, spec_from_config
-from synrank.llm.pool import CALLS_PER_ENGINE, EngineError, PoolHandle
+from synrank.llm.pool import MAX_CALLS_PER_ENGINE, EngineError, PoolHandle
 from synrank.llm.seeds import stable_int
 
 log = logging.getLogger(__name__)
@@ -561,7 +562,8 @@ def generate(
     if todo:
         startup = time.perf_counter()
         if pool is None:
-            warm_up = start_warm_up(min(len(todo), CALLS_PER_ENGINE * (cfg.num_engines or 1)))
+            feeders = shards_per_engine(cfg)
+            warm_up = start_warm_up(min(len(todo), feeders * (cfg.num_engines or 1)))
             own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
                                                cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
             warm_up.join(timeout=WARM_UP_GRACE_S)
@@ -576,13 +578,14 @@ def generate(
             if isinstance(handle, PoolHandle):
                 handle = replace(handle, retries=cfg.engine_retries)
             # The feeders run beside the engines (on an autoscaling cluster, on the generation nodes):
-            # two shards per engine, which the engine serves from one batch (`CALLS_PER_ENGINE`): one
-            # shard's retries decode beside the other's prompts, and it is written while the other runs.
+            # several shards per engine (`shards_per_engine`), which the engine serves from one batch:
+            # one shard's last retries decode beside the others' prompts, and it is written while they run.
             # They ask for no CPU: they mostly wait on the engines, which hold the node's CPUs. A feeder
             # that needed CPU could starve for good once a lost engine is restarted on a surviving node
             # and takes the CPU that the feeders had used between tasks.
             ds = ds.map(generate_shard, fn_kwargs={"settings": settings, "pool": handle},
-                        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(todo), CALLS_PER_ENGINE * pool.num_engines))),
+                        compute=ray.data.TaskPoolStrategy(
+                            size=max(1, min(len(todo), shards_per_engine(cfg) * pool.num_engines))),
                         num_cpus=0, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in with_progress_bars(ds, False).iter_rows():
@@ -654,6 +657,13 @@ def expected_doc_ids(queries: Iterable[str], n_levels: int, samples_per_level: i
     """Every doc id a complete run produces (a row, or that row's final rejection)."""
     return {doc_id(q, level, s, model, prompt_version)
             for q in queries for level in range(n_levels) for s in range(samples_per_level)}
+
+
+def shards_per_engine(cfg: GenerateConfig) -> int:
+    """Shards an engine serves at once: enough that their prompts fill its batch (`batch_size`
+    sequences), and one more, whose prompts keep the batch full while the others' last retries decode."""
+    per_shard = cfg.shard_size * cfg.n_levels * cfg.samples_per_level
+    return min(MAX_CALLS_PER_ENGINE, math.ceil(cfg.batch_size / per_shard) + 1)
 
 
 def n_shards(n_queries: int, shard_size: int) -> int:

@@ -27,7 +27,7 @@ transformers (no continuous batching) and any engine with `generate` only (`retr
 call and retry. It returns every attempt of each prompt, in attempt order.
 
 Several `generate_until_valid` calls may run at once on one `VLLMEngine` (from threads: the engine
-actor takes two calls at a time, one per shard feeder). They share the engine's batch: whichever
+actor takes several calls at a time, one per shard feeder). They share the engine's batch: whichever
 call holds the engine steps it for all of them and leaves the others' finished requests for them
 (`_SharedSteps`), so one shard's retry tail decodes beside the next shard's prompts instead of
 alone. A plain `generate` (`LLM.generate`, which runs the engine until it is empty) waits until no

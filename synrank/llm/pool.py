@@ -32,6 +32,10 @@ whole):
   that raised may hold a broken engine core, and rebuilding vLLM inside the old process would leak
   its engine-core processes and memory - and retry the batch, `retries` times (config
   `engine_retries`); then `EngineError` is raised, which the stages record as `engine_error` rows;
+- an engine actor takes several calls at once (`MAX_CALLS_PER_ENGINE`; the generation stage sends
+  it several shards, which share the engine's batch), so the restart of an engine that raised also
+  ends the other calls running on it: those see an engine being restarted (below) and are repeated
+  whole;
 - a call whose engine is dead or unreachable (its node lost, or being restarted) goes to another
   live engine of the pool, without counting as a failure; engine calls are never retried by Ray
   (`max_task_retries=0`), so nothing waits on an engine whose node is gone. With no live engine a
@@ -67,9 +71,10 @@ DEFAULT_MAX_RESTARTS = 8
 _POLL_S = 5.0  # how often a call in flight looks at its engine's state
 _WAIT_POLL_S = 1.0  # how often a call waiting for an engine to come back looks
 _TEST_KEYS = ("synrank_test_fail_calls", "synrank_test_fail_marker")
-# Calls an engine actor runs at once: the generation stage feeds each engine two shards, and a vLLM
-# engine serves both from one batch (`VLLMEngine.generate_until_valid`); others take them in turn.
-CALLS_PER_ENGINE = 2
+# Calls an engine actor takes at once: the generation stage feeds an engine several shards
+# (`generate.pipeline.shards_per_engine`), which a vLLM engine serves from one batch
+# (`VLLMEngine.generate_until_valid`); other engines take them in turn.
+MAX_CALLS_PER_ENGINE = 8
 
 
 class EngineError(RuntimeError):
@@ -428,7 +433,7 @@ class EnginePool:
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         min_engines: int | None = None,
         resource_wait_s: float | None = None,
-        calls_per_engine: int = CALLS_PER_ENGINE,
+        calls_per_engine: int = MAX_CALLS_PER_ENGINE,
     ) -> "EnginePool":
         """Start engines on the connected cluster (`synrank.runtime.init_ray` first).
 
