@@ -560,9 +560,9 @@ def generate(
     summaries: list[dict[str, Any]] = []
     run = {"shards": 0, "rows": 0, "wall_s": 0.0, "engine_startup_s": 0.0, "attempt_tokens": 0, "generated_tokens": 0}
     if todo:
+        feeders = shards_per_engine(cfg)  # shard tasks per engine at once
         startup = time.perf_counter()
         if pool is None:
-            feeders = shards_per_engine(cfg)
             warm_up = start_warm_up(min(len(todo), feeders * (cfg.num_engines or 1)))
             own_pool = pool = EnginePool.start(spec, cfg.num_engines, min_engines=cfg.min_engines,
                                                cpus_per_engine=cfg.engine_cpus, engine_retries=cfg.engine_retries)
@@ -585,7 +585,7 @@ def generate(
             # and takes the CPU that the feeders had used between tasks.
             ds = ds.map(generate_shard, fn_kwargs={"settings": settings, "pool": handle},
                         compute=ray.data.TaskPoolStrategy(
-                            size=max(1, min(len(todo), shards_per_engine(cfg) * pool.num_engines))),
+                            size=max(1, min(len(todo), feeders * pool.num_engines))),
                         num_cpus=0, **stage_options("generate"))
             with watch_progress(f"generation: {len(todo)} shard(s) of {out}", rt.stall_warning_s) as watch:
                 for summary in with_progress_bars(ds, False).iter_rows():

@@ -541,7 +541,7 @@ class VLLMEngine:
 class _SharedSteps:
     """One vLLM engine's `add_request`/`step` loop, shared by the calls that run on it at once.
 
-    One call at a time has the engine (`_turn`); the others wait on `_changed`. A call that waits for
+    One call at a time has the engine (`_busy`); the others wait on `_changed`. A call that waits for
     its requests either collects what another call's step finished for it, or, while nobody has the
     engine, takes it for one step: it first adds every call's queued requests (`add` only queues, so
     a call never waits for a step to add its work), steps, and files each finished output under its
