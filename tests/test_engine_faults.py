@@ -21,15 +21,18 @@ from synrank.llm.engine import EngineSpec
 pytestmark = pytest.mark.slow
 
 MARKER = "zz-injected-fault-zz"
+REFUSED = "zz-refused-request-zz"
 
 
 @pytest.fixture(scope="module")
 def faulty_pool(ray_session):
-    """One engine whose 2nd call of its first life raises, and which raises on any prompt with MARKER."""
+    """One engine whose 2nd call of its first life raises, which raises on any prompt with MARKER and
+    whose step loop refuses to add a request with REFUSED."""
     from synrank.llm.pool import EnginePool
 
     spec = EngineSpec(model="default", backend="vllm", seed=0, max_num_seqs=32, max_model_len=1024, cpu_kv_cache_gib=1,
-                      extra={"synrank_test_fail_calls": [2], "synrank_test_fail_marker": MARKER})
+                      extra={"synrank_test_fail_calls": [2], "synrank_test_fail_marker": MARKER,
+                             "synrank_test_refuse_marker": REFUSED})
     pool = EnginePool.start(spec, 1, cpus_per_engine=0)
     yield pool
     pool.shutdown()
@@ -98,3 +101,52 @@ def test_a_batch_that_keeps_failing_goes_to_the_errors_and_the_run_completes(fau
         ["q-a", "q-bad", "q-c"], 4, 1, rep["model"], "v1")
     assert rep["complete"] and rep["final_failures_by_reason"]["engine_error"] == 4
     assert rep["rows"] + rep["final_failures"] == rep["expected_rows"] == 12
+
+
+def test_a_request_the_engine_refuses_is_an_error_of_its_prompt_only(faulty_pool):
+    """The engine refuses one request while staying healthy (as vLLM refuses a request it cannot
+    take): each attempt of that prompt comes back to the call that sent it as an `error:`
+    completion, up to max_retries, while the call's other prompts and a second call sharing the
+    engine's batch get the greedy texts they get alone, and the engine is not restarted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synrank.llm.engine import SamplingSpec
+
+    greedy = SamplingSpec(max_tokens=TEST_MAX_TOKENS, temperature=0.0)
+    calls = {
+        "refusing": [[{"role": "user", "content": f"Write one sentence about {t}."}]
+                     for t in ("goldfish", f"bread {REFUSED}", "rain")],
+        "other": [[{"role": "user", "content": f"In a few words, explain why {t} matters to people."}]
+                  for t in ("sleep", "the moon", "music")],
+    }
+
+    def accept_answers(index, attempt, completion):  # local: pickled by value for the engine actor
+        return not completion.finish_reason.startswith("error")
+
+    def until_valid(key):
+        seeds = [[7 * i + a for a in range(2)] for i in range(3)]
+        return faulty_pool.generate_until_valid_on(0, calls[key], seeds, accept_answers, sampling=greedy,
+                                                   retry_sampling=greedy, max_retries=1)
+
+    def texts(out):
+        return [[c.text for c in tries] for tries in out]
+
+    # one plain call first, so that the injected fault of the first life's 2nd call is behind us
+    faulty_pool.generate_on(0, calls["other"][:1], greedy)
+    alone = {key: until_valid(key) for key in calls}
+    restarts, shared = _restarts(faulty_pool), faulty_pool.info()[0]["shared_steps"]
+    with ThreadPoolExecutor(2) as threads:
+        futures = {key: threads.submit(until_valid, key) for key in calls}
+        together = {key: f.result(timeout=300) for key, f in futures.items()}
+    for out in (alone["refusing"], together["refusing"]):
+        refused = out[1]
+        assert len(refused) == 2  # the first attempt and its one retry, both refused
+        assert all(c.finish_reason.startswith("error: ValueError: injected refusal") for c in refused)
+        assert all(c.text == "" and c.n_tokens == 0 for c in refused)
+        assert [len(tries) for tries in out] == [1, 2, 1]
+    assert texts(together["refusing"]) == texts(alone["refusing"])
+    assert texts(together["other"]) == texts(alone["other"])
+    assert all(tries[0].text.strip() and not tries[0].finish_reason.startswith("error")
+               for key in calls for i, tries in enumerate(together[key]) if (key, i) != ("refusing", 1))
+    assert _restarts(faulty_pool) == restarts
+    assert faulty_pool.info()[0]["shared_steps"] > shared

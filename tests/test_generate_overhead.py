@@ -366,6 +366,7 @@ def test_two_calls_on_one_engine_share_its_batch_and_each_gets_its_own_answers(g
         together = {key: threads.submit(until_valid, key) for key in calls}
         together = {key: f.result(timeout=300) for key, f in together.items()}
         assert generate_pool.info()[0]["shared_steps"] > shared_before
+        assert generate_pool.info()[0]["most_calls_at_once"] >= 2
         looped = threads.submit(until_valid, "a")
         plain = threads.submit(generate_pool.generate_on, 0, calls["b"][0], greedy).result(timeout=300)
         looped = looped.result(timeout=300)
@@ -376,6 +377,47 @@ def test_two_calls_on_one_engine_share_its_batch_and_each_gets_its_own_answers(g
     assert [len(tries) for tries in together["a"]] == [2, 1, 2]
     assert [c.text for c in plain] == [tries[0].text for tries in alone["b"]]
     assert [[c.text for c in tries] for tries in looped] == [[c.text for c in tries] for tries in alone["a"]]
+
+
+@pytest.mark.slow
+def test_an_engine_without_a_shared_step_loop_runs_concurrent_calls_one_after_another(ray_session):
+    """The transformers engine has no shared step loop: its actor takes the calls sent to it at once
+    (as the pipeline sends several shards) but runs them one after another, and each call gets what
+    it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fixtures_generate import TEST_MAX_TOKENS
+    from synrank.llm.engine import EngineSpec, SamplingSpec
+    from synrank.llm.pool import EnginePool
+
+    pool = EnginePool.start(EngineSpec(backend="transformers", max_num_seqs=8, max_model_len=512), 1,
+                            cpus_per_engine=0)
+    try:
+        greedy = SamplingSpec(max_tokens=TEST_MAX_TOKENS, temperature=0.0)
+        calls = {
+            "a": ([[{"role": "user", "content": f"Write one sentence about {t}."}] for t in ("goldfish", "rain")],
+                  RejectFirst({1})),
+            "b": ([[{"role": "user", "content": f"Why does {t} matter?"}] for t in ("sleep", "music", "bread")],
+                  RejectFirst({0})),
+        }
+
+        def until_valid(key):
+            prompts, validate = calls[key]
+            seeds = [[stable_int(2, i, a) for a in range(2)] for i in range(len(prompts))]
+            return pool.generate_until_valid_on(0, prompts, seeds, validate, sampling=greedy, retry_sampling=greedy,
+                                                max_retries=1)
+
+        alone = {key: until_valid(key) for key in calls}
+        with ThreadPoolExecutor(3) as threads:
+            futures = [(key, threads.submit(until_valid, key)) for key in ("a", "b", "a")]
+            together = [(key, f.result(timeout=300)) for key, f in futures]
+        info = pool.info()[0]
+        assert info["calls"] == 5 and info["most_calls_at_once"] == 1
+        for key, out in together:
+            assert [[c.text for c in tries] for tries in out] == [[c.text for c in tries] for tries in alone[key]]
+        assert [len(tries) for tries in together[1][1]] == [2, 1, 1]
+    finally:
+        pool.shutdown()
 
 
 def test_an_engine_gets_the_shards_that_fill_its_batch_and_one_more():

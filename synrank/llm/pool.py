@@ -46,8 +46,10 @@ the callers here (deterministic ids, shard files written atomically), so a retri
 
 Test-only fault injection (never set these in a real config): `EngineSpec.extra` keys
 `synrank_test_fail_calls` (generate calls of the actor's first life, counted from 1, that raise
-RuntimeError) and `synrank_test_fail_marker` (a call with a prompt containing this text raises, in
-every life); `EngineActor` removes them before the engine is built.
+RuntimeError), `synrank_test_fail_marker` (a call with a prompt containing this text raises, in
+every life) and `synrank_test_refuse_marker` (the engine's step loop refuses, with ValueError, to add
+a request whose text contains it - as vLLM refuses a request it cannot take - while the engine stays
+healthy); `EngineActor` removes them before the engine is built.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ _PREFIX = "synrank-engine"
 DEFAULT_MAX_RESTARTS = 8
 _POLL_S = 5.0  # how often a call in flight looks at its engine's state
 _WAIT_POLL_S = 1.0  # how often a call waiting for an engine to come back looks
-_TEST_KEYS = ("synrank_test_fail_calls", "synrank_test_fail_marker")
+_TEST_KEYS = ("synrank_test_fail_calls", "synrank_test_fail_marker", "synrank_test_refuse_marker")
 # Calls an engine actor takes at once: the generation stage feeds an engine several shards
 # (`generate.pipeline.shards_per_engine`), which a vLLM engine serves from one batch
 # (`VLLMEngine.generate_until_valid`); other engines take them in turn.
@@ -103,6 +105,9 @@ class EngineActor:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         self.engine = make_engine(replace(spec, extra=extra))
+        if self._faults.get("synrank_test_refuse_marker") and hasattr(self.engine, "steps"):
+            self.engine.steps.engine = _RefusingEngine(self.engine.steps.engine,
+                                                       self._faults["synrank_test_refuse_marker"])
         _start_reaper()
         self.calls = 0
         self.attempts = 0
@@ -110,6 +115,7 @@ class EngineActor:
         self.tokens = 0
         self._counting = threading.Lock()
         self._running = 0
+        self.most_running = 0  # the most calls the engine has run at once
         self._busy_since = 0.0
         # An engine without a shared step loop takes one call at a time.
         self._one_at_a_time = (contextlib.nullcontext() if getattr(self.engine, "concurrent_calls", False)
@@ -121,7 +127,7 @@ class EngineActor:
     def info(self) -> dict[str, Any]:
         info = dict(self.engine.info())
         info.update(calls=self.calls, busy_s=round(self.busy_s, 3), generated_tokens=self.tokens,
-                    restarted=self.restarted)
+                    most_calls_at_once=self.most_running, restarted=self.restarted)
         return info
 
     def _inject_faults(self, prompts: Sequence[Prompt]) -> None:
@@ -145,6 +151,7 @@ class EngineActor:
                 if not self._running:
                     self._busy_since = time.perf_counter()
                 self._running += 1
+                self.most_running = max(self.most_running, self._running)
             try:
                 yield
             finally:
@@ -174,6 +181,21 @@ class EngineActor:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class _RefusingEngine:
+    """Test-only (see the module docstring): a vLLM engine that refuses requests with a marker."""
+
+    def __init__(self, engine: Any, marker: str) -> None:
+        self._engine, self._marker = engine, marker
+
+    def add_request(self, request_id: str, prompt: str, params: Any) -> None:
+        if self._marker in prompt:
+            raise ValueError(f"injected refusal: request {request_id} contains {self._marker!r}")
+        self._engine.add_request(request_id, prompt, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
 
 _REAPER = r"""
