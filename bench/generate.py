@@ -7,8 +7,8 @@ of Ray around the same engine, and peak memory.
     # retries amortised over them (bench/results/generate-long.json)
     .venv/bin/python bench/generate.py --long
 
-The pipeline keeps as many shards on the engine as fill its batch (`shards_per_engine`), so the
-last retries of one shard decode beside other shards' prompts.
+The pipeline keeps as many shards on the engine as fill its batch twice, and one more
+(`shards_per_engine`), so the last retries of one shard decode beside other shards' prompts.
 
 Workload: the first `--queries` queries of TREC DL 2019 (MS MARCO passage; `--queries-file`), the prompts the
 pipeline builds for them (4 levels, level 0 by swap: one chat per query x level), `--max-tokens`
@@ -17,7 +17,7 @@ The same default generator (SmolLM2-135M-Instruct, float32) everywhere. The pipe
 queries into shards of `--shard-size` (default: 4 shards), as a real run has many. The engine's batch
 (`--batch-size`) holds every prompt at once by default. `--long` is a run of the shape a real one
 has: 128 queries of the MS MARCO dev set in 8 shards of 16, the default engine batch of 64
-sequences (so the pipeline keeps 2 shards on the engine), the bare engine and the pipeline only.
+sequences (so the pipeline keeps 3 shards on the engine), the bare engine and the pipeline only.
 
 Measured, one after another in the same run:
 
@@ -157,7 +157,7 @@ def main() -> int:
                     help="the engine's batch, in sequences (default: every prompt at once, at least 64)")
     ap.add_argument("--shards-per-engine", type=int, default=None,
                     help="shards the pipeline keeps on the engine at once (default: the pipeline's own, "
-                         "shards_per_engine: enough to fill the batch, and one more)")
+                         "shards_per_engine: enough to fill the batch twice, and one more)")
     ap.add_argument("--pipeline-only", action="store_true",
                     help="the bare engine and the pipeline only (not without retries, not one call per engine)")
     ap.add_argument("--long", action="store_true",

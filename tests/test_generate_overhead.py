@@ -420,12 +420,13 @@ def test_an_engine_without_a_shared_step_loop_runs_concurrent_calls_one_after_an
         pool.shutdown()
 
 
-def test_an_engine_gets_the_shards_that_fill_its_batch_and_one_more():
+def test_an_engine_gets_the_shards_that_fill_its_batch_twice_and_one_more():
     from synrank.llm.pool import MAX_CALLS_PER_ENGINE
 
-    assert shards_per_engine(GenerateConfig()) == 2  # a shard (64 queries x 4 levels) fills 64 sequences
-    assert shards_per_engine(GenerateConfig(shard_size=8, batch_size=128)) == 5  # 32 prompts a shard
-    assert shards_per_engine(GenerateConfig(shard_size=8, n_levels=2, samples_per_level=2, batch_size=128)) == 5
+    assert shards_per_engine(GenerateConfig()) == 2  # a shard (64 queries x 4 levels) fills 64 sequences 4 times
+    assert shards_per_engine(GenerateConfig(shard_size=16)) == 3  # 64 prompts a shard: bench/generate.py --long
+    assert shards_per_engine(GenerateConfig(shard_size=16, batch_size=128)) == 5
+    assert shards_per_engine(GenerateConfig(shard_size=32, n_levels=2, samples_per_level=2, batch_size=128)) == 3
     assert shards_per_engine(GenerateConfig(shard_size=1, batch_size=512)) == MAX_CALLS_PER_ENGINE
 
 
