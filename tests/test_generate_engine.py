@@ -119,8 +119,13 @@ def _synrank(args: list[str], **kw) -> subprocess.Popen:
 
 def test_a_killed_run_resumes_to_exactly_the_expected_rows(generate_pool, generate_queries_path, ray_session, tmp_path):
     out = tmp_path / "killed"
+    # 6 shards of one query, 3 on the engine at once (generate.batch_size=4: shards_per_engine), so a
+    # second wave is still running when the first shard is written: shards sharing the engine's batch
+    # can all finish within one poll of this test.
+    n_shards = 6
     args = ["generate", "--queries", str(generate_queries_path), "--out", str(out), "--address", ray_session.address,
-            "generate.limit=3", "generate.shard_size=1", f"generate.max_tokens={TEST_MAX_TOKENS}",
+            f"generate.limit={n_shards}", "generate.shard_size=1", "generate.batch_size=4",
+            f"generate.max_tokens={TEST_MAX_TOKENS}",
             "generate.max_retries=1", "generate.max_model_len=1024", "generate.fidelity_queries=0",
             f"generate.engine_pool={generate_pool.name}"]
     first = _synrank(args)
@@ -135,13 +140,13 @@ def test_a_killed_run_resumes_to_exactly_the_expected_rows(generate_pool, genera
             os.killpg(first.pid, signal.SIGKILL)  # the driver and anything it started itself
         first.wait()
     done_at_kill = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
-    assert 1 <= len(done_at_kill) < 3, "the kill came too late to test resumption"
+    assert 1 <= len(done_at_kill) < n_shards, "the kill came too late to test resumption"
 
     second = _synrank(args)
     log, _ = second.communicate(timeout=600)
     assert second.returncode == 0, log
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
-    assert parts == [f"part-{i:05d}.parquet" for i in range(3)]
+    assert parts == [f"part-{i:05d}.parquet" for i in range(n_shards)]
     for name, data in done_at_kill.items():  # finished shards were skipped, not redone
         assert (out / name).read_bytes() == data
     passages = pq.read_table(out, schema=schemas.SYNTHETIC_PASSAGES)
@@ -150,7 +155,7 @@ def test_a_killed_run_resumes_to_exactly_the_expected_rows(generate_pool, genera
     ids = passages.column("doc_id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicated rows after the resume"
     model = passages.column("model")[0].as_py()
-    qids = read_queries_table(generate_queries_path, limit=3).column("query_id").to_pylist()
+    qids = read_queries_table(generate_queries_path, limit=n_shards).column("query_id").to_pylist()
     assert set(ids) | final == expected_doc_ids(qids, 4, 1, model, "v1")
     assert not set(ids) & final
     assert "done before" in log and "complete: True" in log
