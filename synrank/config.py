@@ -173,6 +173,9 @@ class GroupsConfig(Section):
                                 "must be below every positive level")
     limit: int | None = Field(None, ge=1, description="only N training queries: the N smallest query ids, the same "
                               "for every label source (after test queries are held out)")
+    require_positive: bool = Field(False, description="leave out a query none of whose passages is a positive "
+                                   "(synrank.data.levels.positive_threshold), so that every objective trains on "
+                                   "the queries InfoNCE can use")
     seed: int = 0
     out: str | None = None
 
@@ -494,3 +497,31 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML run config (see jobs/configs/)")
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     parser.set_defaults(accepts_overrides=True)
+
+
+def changed_keys(old: Any, new: Any, defaults: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two dumped configs; a key the old one does not have
+    (written by an older synrank) counts only when its new value is not its default: an option added
+    later defaults to the behaviour before it."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            sub = f"{path}.{k}" if path else k
+            d = defaults.get(k) if isinstance(defaults, dict) else None
+            if k not in old:
+                if new[k] != d:
+                    out.append(sub)
+            elif k not in new:
+                out.append(sub)
+            else:
+                out.extend(changed_keys(old[k], new[k], d, sub))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            d = defaults[i] if isinstance(defaults, list) and i < len(defaults) else None
+            if d is None and isinstance(a, dict) and isinstance(b, dict):
+                d = b  # a list item has no defaults of its own: a key it gained counts only if set
+            out.extend(changed_keys(a, b, d, f"{path}[{i}]"))
+        return out
+    return [] if old == new else [path]

@@ -229,6 +229,17 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(ray_session, shared_dat
     assert {t.trial_id: t.status for t in again.trials} == {"infonce_L2_human_s0": "completed",
                                                             "wasserstein_L2_human_s0": "failed"}
 
+    # --fresh after a change to the base config: the completed trial is trained again under it,
+    # not re-reported with the old result
+    fresh = run_study(load_study(TINY, [f"study_dir={study_dir}", *_paths(shared_data), "space.n_levels=[2]",
+                                        "fail_trials=[wasserstein_*]", "evaluation=stage",
+                                        "base.train.max_steps=3", "keep_models=true", "report.references=[]"]),
+                      fresh=True)
+    assert not fresh.restored and fresh.new_trials >= 1
+    assert {t.trial_id: t.status for t in fresh.trials}["infonce_L2_human_s0"] == "completed"
+    retrained = json.loads((study_dir / "trials" / "infonce_L2_human_s0" / "result.json").read_text())
+    assert retrained["steps"] == 3 and retrained["finished_at"] > ok["finished_at"]
+
 
 def test_changed_study_in_the_same_directory_is_refused(shared_data, tmp_path) -> None:
     from synrank.config import ConfigError
@@ -248,3 +259,36 @@ def test_changed_study_in_the_same_directory_is_refused(shared_data, tmp_path) -
     _check_same_study(store, load_study(TINY, [f"study_dir={tmp_path}", *_paths(shared_data),
                                               "report.baseline={n_levels: 2}"]), fresh=False)
     assert os.path.exists(store.path("study.json"))
+
+
+def test_a_trial_trained_under_another_base_config_is_not_reused(shared_data, tmp_path) -> None:
+    """--fresh after a change to the base config: a completed trial whose recorded run differs must
+    be trained again, not re-reported; an option added to synrank later, at its default, is no
+    change; where the trial runs (runtime) is none either."""
+    from synrank.study.config import absolutize
+    from synrank.study.load import load_study
+    from synrank.study.space import expand
+    from synrank.study.store import StudyStore
+    from synrank.study.trial import TRIAL, trained_differently
+
+    def first(*overrides: str):
+        study = absolutize(load_study(TINY, [f"study_dir={tmp_path}", *_paths(shared_data), *overrides]))
+        spec = expand(study)[0]
+        return spec, spec.run_config(study.base)
+
+    store = StudyStore(str(tmp_path))
+    spec, run = first()
+    recorded = run.model_dump(mode="json")
+    store.write_json({"trial_id": spec.trial_id, "run": recorded}, store.trial_file(spec.trial_id, TRIAL))
+    assert trained_differently(store, spec.trial_id, run) == []
+    assert trained_differently(store, spec.trial_id, first("base.train.lr=1.0e-4")[1]) == ["train.lr"]
+    assert trained_differently(store, spec.trial_id, first("base.groups.require_positive=true")[1]) == [
+        "groups.require_positive"]
+    assert trained_differently(store, spec.trial_id, first("base.runtime.num_cpus=1")[1]) == []
+
+    older = json.loads(json.dumps(recorded))
+    del older["groups"]["require_positive"]  # written before the option existed
+    store.write_json({"trial_id": spec.trial_id, "run": older}, store.trial_file(spec.trial_id, TRIAL))
+    assert trained_differently(store, spec.trial_id, run) == []
+    assert trained_differently(store, spec.trial_id, first("base.groups.require_positive=true")[1]) == [
+        "groups.require_positive"]

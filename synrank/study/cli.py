@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("words", nargs="*", metavar="report DIR",
                    help="'report DIR': (re)write the report of the study in DIR; KEY=VALUE: config overrides")
     p.add_argument("--fresh", action="store_true",
-                   help="start a new Tune experiment in study_dir instead of resuming (completed trials are reused)")
+                   help="start a new Tune experiment in study_dir instead of resuming (completed trials are reused; "
+                        "those trained under another base config are trained again)")
     p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
                    help="when resuming, start the failed trials over (default: they stay failed)")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from synrank.config import ConfigError, to_yaml
+from synrank.config import ConfigError, changed_keys, to_yaml
 from synrank.study.config import StudyConfig
 from synrank.study.errors import summarize_error
 from synrank.study.space import TrialSpec, expand, tune_param_space
@@ -77,42 +77,17 @@ def _comparable(study: StudyConfig) -> dict[str, Any]:
     return data
 
 
-def _differences(old: Any, new: Any, defaults: Any, path: str = "") -> list[str]:
-    """Dotted keys whose values differ; a key the old study did not have (an older synrank) counts
-    only when its new value is not the default."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            sub = f"{path}.{k}" if path else k
-            d = defaults.get(k) if isinstance(defaults, dict) else None
-            if k not in old:
-                if new[k] != d:
-                    out.append(sub)
-            elif k not in new:
-                out.append(sub)
-            else:
-                out.extend(_differences(old[k], new[k], d, sub))
-        return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        out = []
-        for i, (a, b) in enumerate(zip(old, new)):
-            d = defaults[i] if isinstance(defaults, list) and i < len(defaults) else None
-            out.extend(_differences(a, b, d if d is not None else (b if isinstance(b, dict) and isinstance(a, dict) else None), f"{path}[{i}]"))
-        return out
-    return [] if old == new else [path]
-
-
 def _check_same_study(store: StudyStore, study: StudyConfig, fresh: bool) -> None:
     path = store.path("study.json")
     old = store.read_json_or(path)
     if old is None or fresh:
         return
     defaults = _comparable(StudyConfig.model_construct())
-    changed = _differences(old, _comparable(study), defaults)
+    changed = changed_keys(old, _comparable(study), defaults)
     if changed:
         raise ConfigError(f"{store.root} holds a study with a different configuration (changed: {', '.join(changed[:8])}"
                           f"{' ...' if len(changed) > 8 else ''}); use another study_dir, or --fresh to start a new "
-                          "Tune experiment there (completed trials are reused)")
+                          "Tune experiment there (completed trials are reused unless trained under another base config)")
 
 
 def _trainable(study: StudyConfig, views: dict[str, list[dict[str, Any]]]):

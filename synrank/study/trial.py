@@ -18,7 +18,9 @@
 4. reports the final metrics to Tune (``test/<collection>/<measure>``, ``dev/<measure>``, ...).
 
 A trial whose ``result.json`` says completed only re-reports it: a study restored after an
-interruption never trains a finished configuration twice.
+interruption never trains a finished configuration twice. Unless its recorded run config
+(``trial.json``) differs from the one it would get now (a base config changed before ``--fresh``):
+then it is trained again, and the log names the keys that changed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import traceback
 from typing import Any
 
 from synrank import storage
-from synrank.config import GroupsConfig, SynrankConfig, TrainConfig
+from synrank.config import GroupsConfig, SynrankConfig, TrainConfig, changed_keys
 from synrank.storage import join
 from synrank.study.collections import View, quick_evaluate
 from synrank.study.config import StudyConfig
@@ -300,6 +302,20 @@ def _tune_report(metrics: dict[str, Any]) -> None:
     tune.report(metrics)
 
 
+def trained_differently(store: StudyStore, trial_id: str, run: SynrankConfig) -> list[str]:
+    """The run-config keys (dotted) in which the trial's recorded run (``trial.json``) differs from
+    `run`; empty when they agree or nothing was recorded. A study rerun with ``--fresh`` after a
+    change to its base config must not re-report results trained under the old one."""
+    recorded = (store.read_json_or(store.trial_file(trial_id, TRIAL)) or {}).get("run")
+    if recorded is None:
+        return []
+    now = run.model_dump(mode="json")
+    defaults = SynrankConfig.model_construct().model_dump(mode="json")
+    for data in (recorded, now, defaults):
+        data.pop("runtime", None)  # where it runs, not what it trains
+    return changed_keys(recorded, now, defaults)
+
+
 def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, list[dict[str, Any]]]) -> None:
     """The Tune trainable (see the module doc)."""
     study_cfg = StudyConfig.model_validate(study)
@@ -308,14 +324,20 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], views: dict[str, li
     resolved = {part: [View.from_dict(v) for v in vs] for part, vs in views.items()}
     measure = study_cfg.report.measure
 
+    run = spec.run_config(study_cfg.base)
     done = store.read_json_or(store.trial_file(spec.trial_id, RESULT))
     if done and done.get("status") == "completed":
-        log.info("trial %s already completed; re-reporting its result", spec.trial_id)
-        _tune_report({**done["flat"], "trial_id_study": spec.trial_id, "dev_evals": done.get("dev_evals", 0),
-                      "reused": 1})
-        return
+        changed = trained_differently(store, spec.trial_id, run)
+        if not changed:
+            log.info("trial %s already completed; re-reporting its result", spec.trial_id)
+            _tune_report({**done["flat"], "trial_id_study": spec.trial_id, "dev_evals": done.get("dev_evals", 0),
+                          "reused": 1})
+            return
+        log.warning("trial %s completed with another configuration (changed: %s); training it again",
+                    spec.trial_id, ", ".join(changed[:8]))
+        store.remove(store.trial_file(spec.trial_id, RESULT))
+        store.remove(join(store.train_storage, spec.trial_id))  # its checkpoints belong to the old run
 
-    run = spec.run_config(study_cfg.base)
     tdir = store.trial_dir(spec.trial_id)
     for stale in ("error.txt", "status.json"):  # a retried trial starts clean
         store.remove(store.trial_file(spec.trial_id, stale))
