@@ -222,6 +222,25 @@ def test_human_groups_on_cranfield_hold_out_the_test_queries(shared_data):
         assert set(row["grades"]) <= {0.0, 1.0, 2.0} and row["grades"] == sorted(row["grades"], reverse=True)
 
 
+def test_require_positive_leaves_out_exactly_the_queries_without_a_positive(shared_data):
+    """Cranfield's human grades on the 4-level scale: some training queries have "useful background"
+    (level 1) as their best judged passage. InfoNCE cannot train on them; with require_positive
+    they are left out for every objective, and nothing else changes."""
+    coll = str(shared_data / "cranfield")
+    base = dict(source="human", collection=coll, qrels_levels=5, n_levels=4, group_size=4, bm25_negatives=5)
+    every, every_stats = build_groups(GroupsConfig(**base))
+    kept, stats = build_groups(GroupsConfig(**base, require_positive=True))
+    without = {r["query_id"] for r in every.to_pylist() if max(r["grades"]) < 2}
+    assert len(without) > 10  # the case is real on Cranfield, not a corner
+    assert stats.no_positive_queries == len(without) and every_stats.no_positive_queries == 0
+    assert kept.column("query_id").to_pylist() == [q for q in every.column("query_id").to_pylist()
+                                                  if q not in without]
+    kept_rows = {r["query_id"]: r for r in kept.to_pylist()}
+    for row in every.to_pylist():
+        if row["query_id"] in kept_rows:
+            assert kept_rows[row["query_id"]]["doc_ids"] == row["doc_ids"]  # the draw is per query
+
+
 def test_human_errors(tmp_path, collection):
     with pytest.raises(GroupsError, match="groups.collection"):
         build_groups(GroupsConfig(source="human"))

@@ -52,7 +52,10 @@ highest grade (so the best passage is always present) and fills the rest by ``sa
 so every group spans the grades it has; ``uniform`` draws the rest uniformly. The random draw is
 seeded per query from (``seed``, query id), so a group does not depend on which other queries are
 built with it. Passages in a group are ordered by grade, highest first. A query with no candidate
-is left out and counted.
+is left out and counted. With ``require_positive`` a query whose candidates hold no positive
+(`synrank.data.levels.positive_threshold` of ``n_levels``) is left out too (``no_positive_queries``):
+InfoNCE and the multi-positive losses learn nothing from such a group, the list-wise losses would
+train on it, so without it every objective sees the same queries.
 
 Where it runs: in Ray (the connected cluster, or else an embedded one from
 `synrank.runtime.init_ray`, shut down after the build); the calling process only orchestrates and
@@ -83,7 +86,7 @@ import pyarrow.compute as pc
 from synrank import storage
 from synrank.config import GroupsConfig, QuerySplitConfig
 from synrank.data import schemas
-from synrank.data.levels import collapse_mapping
+from synrank.data.levels import collapse_mapping, positive_threshold
 from synrank.runtime import get_result
 
 log = logging.getLogger(__name__)
@@ -465,6 +468,7 @@ class GroupStats:
     n_groups: int = 0
     n_passages: int = 0
     dropped_queries: int = 0
+    no_positive_queries: int = 0  # left out by require_positive
     missing_docs: int = 0
     bm25_negatives: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
@@ -483,7 +487,8 @@ class GroupStats:
 
     def add(self, part: "GroupStats") -> None:
         """Count the groups of `part` (built from other queries) in these counts."""
-        for name in ("n_groups", "n_passages", "dropped_queries", "missing_docs", "bm25_negatives"):
+        for name in ("n_groups", "n_passages", "dropped_queries", "no_positive_queries", "missing_docs",
+                     "bm25_negatives"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         for totals, counts in ((self.sizes, part.sizes), (self.grades, part.grades), (self.sources, part.sources)):
             for key, n in counts.items():
@@ -643,6 +648,9 @@ def _build_part(chunk: _Chunk, corpus: _Corpus | None, cfg: GroupsConfig, bm25_d
         group = sample_group(cands.get(qid, []), cfg.group_size, _rng(cfg.seed, qid), cfg.sampling)
         if not group:
             stats.dropped_queries += 1
+            continue
+        if cfg.require_positive and max(c.grade for c in group) < positive_threshold(cfg.n_levels):
+            stats.no_positive_queries += 1
             continue
         rows["query_id"].append(qid)
         rows["query"].append(texts[qid])
