@@ -8,6 +8,8 @@ A 2-layer cut of the packaged all-MiniLM-L6-v2 and tiny max lengths keep each st
 
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import json
 import math
@@ -372,6 +374,45 @@ def _scale_groups(tmp_path: Path, grades: list[float], n_levels: int | None, nam
     path = str(tmp_path / name)
     write_groups(pa.Table.from_pylist(rows, schema=schemas.TRAINING_GROUPS), path, n_levels=n_levels)
     return path
+
+
+def test_the_share_of_a_graded_target_on_nonrelevant_candidates():
+    """By hand: grades 3/2/1/0 among 64 candidates at target_temperature 1: 61 weights of 1 against
+    e^3 + e^2 + e^1 + 61, two thirds on grade 0; sharper targets move it onto the graded passages."""
+    import math
+
+    from synrank.losses.targets import target_mass_on_nonrelevant
+
+    expected = 61 / (math.exp(3) + math.exp(2) + math.exp(1) + 61)
+    assert target_mass_on_nonrelevant([3, 2, 1, 0], 64, 1.0) == pytest.approx(expected) == pytest.approx(0.669, abs=1e-3)
+    shares = [target_mass_on_nonrelevant([3, 2, 1, 0], 64, t) for t in (2.0, 1.0, 0.5, 0.25)]
+    assert shares == sorted(shares, reverse=True) and shares[-1] < 0.01
+    assert target_mass_on_nonrelevant([2, 2, 0, 0], 64, 1.0) > 0.8  # no level 3: worse
+    with pytest.raises(ValueError, match="smaller than the group"):
+        target_mass_on_nonrelevant([3, 2, 1, 0], 3, 1.0)
+
+
+def test_a_listwise_target_that_sits_mostly_on_nonrelevant_candidates_is_warned_of(tmp_path, caplog):
+    """resolve checks the run's own batch shape: 4 queries x 4 passages (16 candidates) keep 30 % on
+    grade 0, 16 x 4 (64, the study's) 67 %: a warning naming the setting; target_temperature 0.25 or a
+    positive-based loss: none."""
+    from synrank.train.trainer import check_graded_target, resolve
+
+    four = _scale_groups(tmp_path, [3.0, 2.0, 1.0, 0.0], 4, "four.parquet")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    with caplog.at_level(logging.INFO, logger="synrank.train.trainer"):
+        resolve(TrainConfig(loss="wasserstein", batch_size=4), four, str(tmp_path))
+        assert not warnings() and "30%" in caplog.text
+        assert check_graded_target(TrainConfig(loss="wasserstein", batch_size=16), 4, four) == pytest.approx(0.669, abs=1e-3)
+        assert len(warnings()) == 1 and "67%" in warnings()[0] and "target_temperature" in warnings()[0]
+        caplog.clear()
+        assert check_graded_target(TrainConfig(loss="kl", batch_size=16, loss_params={"target_temperature": 0.25}),
+                                   4, four) < 0.01
+        assert check_graded_target(TrainConfig(loss="infonce", batch_size=16), 4, four) is None
+        assert not warnings()
 
 
 def test_positive_threshold_comes_from_the_groups_scale(tmp_path):

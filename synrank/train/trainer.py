@@ -75,6 +75,7 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
         raise ValueError(f"{n} training groups are fewer than one optimizer step needs: batch_size "
                          f"{config.batch_size} x {config.num_workers} worker(s) x grad_accumulation "
                          f"{config.grad_accumulation} = {global_batch * config.grad_accumulation}")
+    check_graded_target(config, k, groups_path)
     if config.fail_at_step is not None and config.max_failures == 0:
         log.warning("fail_at_step=%s with max_failures=0: the run will fail", config.fail_at_step)
     return config.model_copy(update={
@@ -83,6 +84,35 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
         "group_size": config.group_size or k,
         "max_steps": config.max_steps or config.epochs * per_epoch,
     })
+
+
+#: above this share of the graded target on non-relevant candidates, resolve warns
+FLAT_TARGET_SHARE = 0.5
+
+
+def check_graded_target(config: TrainConfig, group_size: int, groups_path: str) -> float | None:
+    """For a list-wise loss (`synrank.losses.targets`): the share of its target on non-relevant
+    candidates for a group with one passage per grade, best first, at this run's gathered batch;
+    logged, and a warning above FLAT_TARGET_SHARE. None for other losses."""
+    from synrank.losses._common import DEFAULT_TARGET_TEMPERATURE
+    from synrank.losses.targets import GRADED_TARGET_LOSSES, target_mass_on_nonrelevant
+    from synrank.train.ingest import groups_scale
+
+    if config.loss not in GRADED_TARGET_LOSSES:
+        return None
+    tau_t = float(config.loss_params.get("target_temperature", DEFAULT_TARGET_TEMPERATURE))
+    n_levels, _ = groups_scale(groups_path)
+    grades = list(range(n_levels - 1, -1, -1))[:group_size]
+    candidates = config.batch_size * config.num_workers * group_size
+    share = target_mass_on_nonrelevant(grades, candidates, tau_t)
+    what = (f"train.loss={config.loss} at target_temperature {tau_t:g}: the target puts {share:.0%} of a query's "
+            f"mass on non-relevant candidates (a group graded {grades} among {candidates} in-batch candidates)")
+    if share > FLAT_TARGET_SHARE:
+        log.warning("%s, so the loss pulls them towards the query; a lower train.loss_params.target_temperature "
+                    "concentrates the target on the graded passages", what)
+    else:
+        log.info(what)
+    return share
 
 
 def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
