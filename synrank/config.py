@@ -225,6 +225,10 @@ class TrainConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     loss: str = "infonce"
     loss_params: dict[str, Any] = {}
+    target_nonrelevant_share: float | None = Field(
+        None, gt=0.0, lt=1.0, description="list-wise losses (kl, wasserstein, sycl_w2): set "
+        "loss_params.target_temperature so that this share of a query's target falls on non-relevant candidates, "
+        "for the run's gathered batch and relevance scale (synrank.losses.targets); other losses ignore it")
     positive_threshold: float | None = Field(
         None, gt=0.0, description="the smallest grade that counts as a positive (default: from the groups' "
         "relevance scale, synrank.data.levels.positive_threshold: level >= 2 of 4, 'partly answers' or better)")

@@ -396,7 +396,7 @@ def test_a_listwise_target_that_sits_mostly_on_nonrelevant_candidates_is_warned_
     """resolve checks the run's own batch shape: 4 queries x 4 passages (16 candidates) keep 30 % on
     grade 0, 16 x 4 (64, the study's) 67 %: a warning naming the setting; target_temperature 0.25 or a
     positive-based loss: none."""
-    from synrank.train.trainer import check_graded_target, resolve
+    from synrank.train.trainer import resolve, with_graded_target
 
     four = _scale_groups(tmp_path, [3.0, 2.0, 1.0, 0.0], 4, "four.parquet")
 
@@ -406,13 +406,42 @@ def test_a_listwise_target_that_sits_mostly_on_nonrelevant_candidates_is_warned_
     with caplog.at_level(logging.INFO, logger="synrank.train.trainer"):
         resolve(TrainConfig(loss="wasserstein", batch_size=4), four, str(tmp_path))
         assert not warnings() and "30%" in caplog.text
-        assert check_graded_target(TrainConfig(loss="wasserstein", batch_size=16), 4, four) == pytest.approx(0.669, abs=1e-3)
+        with_graded_target(TrainConfig(loss="wasserstein", batch_size=16), 4, four)
         assert len(warnings()) == 1 and "67%" in warnings()[0] and "target_temperature" in warnings()[0]
         caplog.clear()
-        assert check_graded_target(TrainConfig(loss="kl", batch_size=16, loss_params={"target_temperature": 0.25}),
-                                   4, four) < 0.01
-        assert check_graded_target(TrainConfig(loss="infonce", batch_size=16), 4, four) is None
+        with_graded_target(TrainConfig(loss="kl", batch_size=16, loss_params={"target_temperature": 0.25}), 4, four)
+        assert with_graded_target(TrainConfig(loss="infonce", batch_size=16), 4, four) == TrainConfig(
+            loss="infonce", batch_size=16)
         assert not warnings()
+
+
+def test_target_nonrelevant_share_sets_the_same_target_at_every_batch_size_and_level_count(tmp_path):
+    """One share, one target shape: the temperature it picks puts exactly that share on grade 0 for
+    64 or 1024 candidates and for 4 or 2 levels (where a fixed temperature of 0.5 gives 12 %, 69 %
+    and 89 %); the workers get it through loop_config; both settings at once is an error."""
+    from synrank.losses.targets import target_mass_on_nonrelevant, target_temperature_for_share
+    from synrank.train.trainer import loop_config, resolve, with_graded_target
+
+    assert target_mass_on_nonrelevant([3, 2, 1, 0], 1024, 0.5) == pytest.approx(0.687, abs=1e-3)
+    assert target_mass_on_nonrelevant([1, 0], 64, 0.5) == pytest.approx(0.895, abs=1e-3)
+    four = _scale_groups(tmp_path, [3.0, 2.0, 1.0, 0.0], 4, "four.parquet")
+    two = _scale_groups(tmp_path, [1.0, 0.0], 2, "two.parquet")
+    for groups, grades, k in ((four, [3, 2, 1, 0], 4), (two, [1, 0], 2)):
+        for batch, workers in ((16, 1), (64, 4)):
+            cfg = with_graded_target(TrainConfig(loss="wasserstein", batch_size=batch, num_workers=workers,
+                                                 target_nonrelevant_share=0.1), k, groups)
+            tau_t = cfg.loss_params["target_temperature"]
+            assert target_mass_on_nonrelevant(grades, batch * workers * k, tau_t) == pytest.approx(0.1, rel=1e-6)
+    assert target_temperature_for_share([3, 2, 1, 0], 64, 0.116) == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="must be below"):
+        target_temperature_for_share([3, 2, 1, 0], 4, 0.5)  # only 1 of 4 candidates is grade 0
+    shared = TrainConfig(loss="wasserstein", batch_size=2, target_nonrelevant_share=0.1)
+    sent = loop_config(shared, four, str(tmp_path))["train"]["loss_params"]["target_temperature"]
+    assert sent == pytest.approx(resolve(shared, four, str(tmp_path)).loss_params["target_temperature"])
+    assert loop_config(resolve(shared, four, str(tmp_path)), four, str(tmp_path))["train"]["loss_params"] == {
+        "target_temperature": sent}  # resolved twice: the same
+    with pytest.raises(ValueError, match="target_nonrelevant_share and train.loss_params.target_temperature"):
+        resolve(shared.model_copy(update={"loss_params": {"target_temperature": 1.0}}), four, str(tmp_path))
 
 
 def test_positive_threshold_comes_from_the_groups_scale(tmp_path):

@@ -24,6 +24,7 @@ on the same output directory resumes the run from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
 
     n, k = groups_shape(groups_path)
     config = with_positive_threshold(config, groups_path)
+    config = with_graded_target(config, config.group_size or k, groups_path)
     build_loss(config)  # unknown loss or parameter: a clear error now, not in a worker
     global_batch = config.batch_size * config.num_workers
     per_epoch = (n // global_batch) // config.grad_accumulation
@@ -75,7 +77,6 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
         raise ValueError(f"{n} training groups are fewer than one optimizer step needs: batch_size "
                          f"{config.batch_size} x {config.num_workers} worker(s) x grad_accumulation "
                          f"{config.grad_accumulation} = {global_batch * config.grad_accumulation}")
-    check_graded_target(config, k, groups_path)
     if config.fail_at_step is not None and config.max_failures == 0:
         log.warning("fail_at_step=%s with max_failures=0: the run will fail", config.fail_at_step)
     return config.model_copy(update={
@@ -90,29 +91,37 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
 FLAT_TARGET_SHARE = 0.5
 
 
-def check_graded_target(config: TrainConfig, group_size: int, groups_path: str) -> float | None:
-    """For a list-wise loss (`synrank.losses.targets`): the share of its target on non-relevant
-    candidates for a group with one passage per grade, best first, at this run's gathered batch;
-    logged, and a warning above FLAT_TARGET_SHARE. None for other losses."""
+def with_graded_target(config: TrainConfig, group_size: int, groups_path: str) -> TrainConfig:
+    """For a list-wise loss (`synrank.losses.targets`): ``config`` with the target temperature that
+    ``target_nonrelevant_share`` asks for, if set; then the share of its target on non-relevant
+    candidates, for a group with one passage per grade (best first) at this run's gathered batch,
+    is logged, with a warning above FLAT_TARGET_SHARE. Other losses: ``config`` unchanged."""
     from synrank.losses._common import DEFAULT_TARGET_TEMPERATURE
-    from synrank.losses.targets import GRADED_TARGET_LOSSES, target_mass_on_nonrelevant
+    from synrank.losses.targets import GRADED_TARGET_LOSSES, target_mass_on_nonrelevant, target_temperature_for_share
     from synrank.train.ingest import groups_scale
 
     if config.loss not in GRADED_TARGET_LOSSES:
-        return None
-    tau_t = float(config.loss_params.get("target_temperature", DEFAULT_TARGET_TEMPERATURE))
+        return config
     n_levels, _ = groups_scale(groups_path)
     grades = list(range(n_levels - 1, -1, -1))[:group_size]
     candidates = config.batch_size * config.num_workers * group_size
+    if config.target_nonrelevant_share is not None:
+        tau_t = target_temperature_for_share(grades, candidates, config.target_nonrelevant_share)
+        given = config.loss_params.get("target_temperature")
+        if given is not None and not math.isclose(float(given), tau_t, rel_tol=1e-6):  # not one this set before
+            raise ValueError("train.target_nonrelevant_share and train.loss_params.target_temperature both set the "
+                             "list-wise target's temperature; keep one")
+        config = config.model_copy(update={"loss_params": {**config.loss_params, "target_temperature": tau_t}})
+    tau_t = float(config.loss_params.get("target_temperature", DEFAULT_TARGET_TEMPERATURE))
     share = target_mass_on_nonrelevant(grades, candidates, tau_t)
-    what = (f"train.loss={config.loss} at target_temperature {tau_t:g}: the target puts {share:.0%} of a query's "
+    what = (f"train.loss={config.loss} at target_temperature {tau_t:.3g}: the target puts {share:.0%} of a query's "
             f"mass on non-relevant candidates (a group graded {grades} among {candidates} in-batch candidates)")
     if share > FLAT_TARGET_SHARE:
         log.warning("%s, so the loss pulls them towards the query; a lower train.loss_params.target_temperature "
-                    "concentrates the target on the graded passages", what)
+                    "(or train.target_nonrelevant_share) concentrates the target on the graded passages", what)
     else:
         log.info(what)
-    return share
+    return config
 
 
 def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
@@ -123,6 +132,7 @@ def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str
     if config.group_size is None:
         config = config.model_copy(update={"group_size": groups_shape(groups_path)[1]})
     config = with_positive_threshold(config, groups_path)
+    config = with_graded_target(config, config.group_size, groups_path)
     return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
 
 
