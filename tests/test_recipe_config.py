@@ -30,6 +30,9 @@ def test_the_study_uses_the_recipes_split_generator_and_training_settings():
     assert study.base.groups.synthetic == recipe.run_dir + "/generate/train"
     generation = {"queries", "out", "limit"}
     assert study.base.generate.model_dump(exclude=generation) == recipe.generate.model_dump(exclude=generation)
-    schedule = {"loss", "seed", "num_workers", "cpus_per_worker", "groups", "out"}
+    schedule = {"loss", "loss_params", "seed", "num_workers", "cpus_per_worker", "groups", "out"}
     assert study.base.train.model_dump(exclude=schedule) == recipe.train.model_dump(exclude=schedule)
+    # the study's graded loss is the recipe's, with the recipe's parameters
+    graded = [spec for spec in study.space.losses if spec.name == recipe.train.loss]
+    assert len(graded) == 1 and graded[0].params == recipe.train.loss_params
     assert len(study.space.seeds) >= 3
