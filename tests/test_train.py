@@ -396,7 +396,7 @@ def test_a_listwise_target_that_sits_mostly_on_nonrelevant_candidates_is_warned_
     """resolve checks the run's own batch shape: 4 queries x 4 passages (16 candidates) keep 30 % on
     grade 0, 16 x 4 (64, the study's) 67 %: a warning naming the setting; target_temperature 0.25 or a
     positive-based loss: none."""
-    from synrank.train.trainer import resolve, with_graded_target
+    from synrank.train.trainer import loop_config, resolve, with_graded_target
 
     four = _scale_groups(tmp_path, [3.0, 2.0, 1.0, 0.0], 4, "four.parquet")
 
@@ -413,6 +413,17 @@ def test_a_listwise_target_that_sits_mostly_on_nonrelevant_candidates_is_warned_
         assert with_graded_target(TrainConfig(loss="infonce", batch_size=16), 4, four) == TrainConfig(
             loss="infonce", batch_size=16)
         assert not warnings()
+        # fit resolves, then builds the workers' config: the share is announced once; a study trial's
+        # config (not resolved) is announced where the workers' config is made
+        def announced() -> int:
+            return sum("mass on non-relevant" in r.getMessage() for r in caplog.records)
+
+        caplog.clear()
+        study = TrainConfig(loss="wasserstein", batch_size=4)
+        loop_config(resolve(study, four, str(tmp_path)), four, str(tmp_path))
+        assert announced() == 1
+        loop_config(study, four, str(tmp_path))
+        assert announced() == 2
 
 
 def test_target_nonrelevant_share_sets_the_same_target_at_every_batch_size_and_level_count(tmp_path):

@@ -91,11 +91,11 @@ def resolve(config: TrainConfig, groups_path: str, out_dir: str) -> TrainConfig:
 FLAT_TARGET_SHARE = 0.5
 
 
-def with_graded_target(config: TrainConfig, group_size: int, groups_path: str) -> TrainConfig:
+def with_graded_target(config: TrainConfig, group_size: int, groups_path: str, announce: bool = True) -> TrainConfig:
     """For a list-wise loss (`synrank.losses.targets`): ``config`` with the target temperature that
     ``target_nonrelevant_share`` asks for, if set; then the share of its target on non-relevant
     candidates, for a group with one passage per grade (best first) at this run's gathered batch,
-    is logged, with a warning above FLAT_TARGET_SHARE. Other losses: ``config`` unchanged."""
+    is logged (if `announce`), with a warning above FLAT_TARGET_SHARE. Other losses: ``config`` unchanged."""
     from synrank.losses._common import DEFAULT_TARGET_TEMPERATURE
     from synrank.losses.targets import GRADED_TARGET_LOSSES, target_mass_on_nonrelevant, target_temperature_for_share
     from synrank.train.ingest import groups_scale
@@ -112,6 +112,8 @@ def with_graded_target(config: TrainConfig, group_size: int, groups_path: str) -
             raise ValueError("train.target_nonrelevant_share and train.loss_params.target_temperature both set the "
                              "list-wise target's temperature; keep one")
         config = config.model_copy(update={"loss_params": {**config.loss_params, "target_temperature": tau_t}})
+    if not announce:
+        return config
     tau_t = float(config.loss_params.get("target_temperature", DEFAULT_TARGET_TEMPERATURE))
     share = target_mass_on_nonrelevant(grades, candidates, tau_t)
     what = (f"train.loss={config.loss} at target_temperature {tau_t:.3g}: the target puts {share:.0%} of a query's "
@@ -131,8 +133,9 @@ def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str
 
     if config.group_size is None:
         config = config.model_copy(update={"group_size": groups_shape(groups_path)[1]})
+    resolved = config.groups == str(groups_path)  # by `resolve`, which has announced the target already
     config = with_positive_threshold(config, groups_path)
-    config = with_graded_target(config, config.group_size, groups_path)
+    config = with_graded_target(config, config.group_size, groups_path, announce=not resolved)
     return {"train": config.model_dump(mode="json"), "groups_path": _abs(groups_path), "out_dir": _abs(out_dir)}
 
 
