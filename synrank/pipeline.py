@@ -213,24 +213,28 @@ class Pipeline:
 
         def body() -> dict[str, str]:
             from synrank.data.readers import read_queries
-            from synrank.generate.pipeline import generate
+            from synrank.generate.pipeline import generate, shards_to_generate
             from synrank.llm.engine import spec_from_config
             from synrank.llm.pool import EnginePool
 
             out = {}
-            pool = EnginePool.start(spec_from_config(gen), gen.num_engines, min_engines=gen.min_engines,
-                                    cpus_per_engine=gen.engine_cpus, engine_retries=gen.engine_retries)
+            pool = None  # one pool for the parts, started once a part has shards left (a rerun may have none)
             try:
                 for part in parts:
                     table = read_queries(queries[part])
                     if table.num_rows == 0:
                         continue
                     target = self.dir.path("generate", part)
-                    part_cfg = gen.model_copy(update={"queries": queries[part], "out": target, "limit": None})
+                    part_cfg = gen.model_copy(update={"queries": queries[part], "out": target, "limit": None,
+                                                      "engine_pool": None})
+                    if pool is None and shards_to_generate(part_cfg, table):
+                        pool = EnginePool.start(spec_from_config(gen), gen.num_engines, min_engines=gen.min_engines,
+                                                cpus_per_engine=gen.engine_cpus, engine_retries=gen.engine_retries)
                     generate(part_cfg, runtime=self.cfg.runtime, pool=pool, queries=table)
                     out[part] = target
             finally:
-                pool.shutdown()
+                if pool is not None:
+                    pool.shutdown()
             return out
 
         return self._stage("generate", fp, body), fp

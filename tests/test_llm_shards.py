@@ -90,6 +90,31 @@ def test_generation_writes_and_resumes_through_the_helper(tmp_path):
     assert shards.pending_shards(out, 2, [t.digest for t in tasks]) == [0]
 
 
+def test_a_caller_can_tell_whether_a_run_has_shards_left_before_starting_engines(tmp_path):
+    """shards_to_generate counts the plan's shards without a finished file: the pipeline's generate
+    stage starts its engines only when a part has some (a rerun after a crash may have none)."""
+    from synrank.config import GenerateConfig
+    from synrank.generate.pipeline import (build_requests, plan_shards, run_shard, settings_from_config,
+                                           shards_to_generate)
+    from synrank.llm.engine import Completion
+
+    out = str(tmp_path / "gen")
+    cfg = GenerateConfig(out=out, level0_strategy="prompt", max_retries=0, shard_size=1)
+    queries = pa.table({"query_id": ["q1", "q2"], "text": ["how do fish breathe", "why is the sky blue"]})
+    settings = settings_from_config(cfg, out)
+
+    def answer(index, prompts, sampling, seeds=None):
+        return [Completion(text=f"Passage {k} answers the question with a clear explanation of it.",
+                           n_tokens=12, finish_reason="stop") for k in range(len(prompts))]
+
+    assert shards_to_generate(cfg, queries) == 2
+    for task in plan_shards(queries, cfg).tasks:
+        run_shard(task, build_requests(task, settings), settings, answer)
+    assert shards_to_generate(cfg, queries) == 0
+    changed = queries.set_column(1, "text", pa.array(["how do fish breathe", "why is the sea blue"]))
+    assert shards_to_generate(cfg, changed) == 1  # a shard whose queries changed is generated again
+
+
 def test_annotation_plans_only_the_shards_without_a_file(tmp_path):
     from synrank.annotate.pipeline import SHARDS_DIR, _Plan, _plan_judging
 

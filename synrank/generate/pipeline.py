@@ -514,6 +514,13 @@ def _read_queries(path: str) -> pa.Table:
     return read_queries(path)
 
 
+def shards_to_generate(cfg: GenerateConfig, queries: pa.Table) -> int:
+    """How many of the run's shards have no finished file in ``cfg.out`` yet (read only). A caller
+    that starts engines for several runs starts them only when this is above 0 for one of them."""
+    plan = plan_shards(queries, cfg)
+    return len(shards.pending_shards(cfg.out.rstrip("/"), len(plan.tasks), [t.digest for t in plan.tasks]))
+
+
 def generate(
     cfg: GenerateConfig,
     *,
