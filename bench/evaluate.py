@@ -6,7 +6,8 @@ search + metrics time against encoding time, and peak memory at 1x and 10x corpu
 
 1. Throughput. The collection's corpus ("title text", 256 tokens max, batch 64, the packaged
    all-MiniLM-L6-v2) is encoded by sentence-transformers `encode` in a fresh process with `threads`
-   torch threads (a user's script: imports, model load, encode), and by synrank's Ray Data pipeline
+   torch threads (a user's script: imports, model load, encode; with synrank's embedded Ray shut
+   down meanwhile, bench/peer_machine.py), and by synrank's Ray Data pipeline
    (`encode.encode_sources`: read task, encoder actors, Parquet shards) on an embedded Ray with
    `threads` CPUs, once with the default pool (`plan_pool`; on 2 CPUs two 1-thread actors) and
    once with one actor of `threads` threads, and once with the default pool in bfloat16 weights
@@ -130,6 +131,7 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
 
     from synrank.encoder import BiEncoder
     from synrank.evaluate.encode import EncodeSource, EncodeStats, encode_sources, plan_pool, read_all
+    from peer_machine import stop_embedded_ray
     from synrank.runtime import init_ray
 
     docs = _load(collection)
@@ -144,6 +146,7 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
                     **{name: {"backend": ONNX_RUNS[name]} for name in onnx_runs}}
     last_shards: dict = {}
     for rep in range(reps):
+        stop_embedded_ray()  # sentence-transformers encodes on a machine without Ray (bench/peer_machine.py)
         env = {**os.environ, "BENCH_ST_OUT": str(work / "st.npy")}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--st-child", str(collection), "--threads", str(threads)],
@@ -153,6 +156,7 @@ def bench_throughput(collection: Path, threads: int, reps: int, work: Path) -> d
             raise RuntimeError(f"sentence-transformers child failed:\n{proc.stderr[-4000:]}")
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         runs["st"].append({"end_to_end_s": wall, **child})
+        resources = init_ray(num_cpus=threads)
         print(f"  rep {rep + 1}: sentence-transformers {wall:.1f} s end to end, encode() {child['encode_s']:.1f} s",
               flush=True)
         for name, n_enc in (("synrank", None), ("synrank_1_actor", 1), ("synrank_bf16", None),

@@ -17,6 +17,12 @@ The runs alternate (ST, synrank 1 worker, synrank 2 workers, repeated), so load 
 the machine hits both alike; the ratio is synrank / sentence-transformers within the same repeat,
 and the table gives each repeat and the median.
 
+sentence-transformers runs with no Ray on the machine, as a user who picks it has it: the embedded
+Ray is shut down before its run and started again for synrank's. (Until December 2026 it ran beside
+the idle embedded Ray, whose wake-ups cost a CPU step about 13 % (bench/ray_tax.py); that slowed
+the peer and flattered synrank's ratios: 0.91x and 1.00x then, against 0.77x measured on a clean
+machine.)
+
 Ray workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's default is 15), like the
 ST process. 1 worker: one Ray worker with all the box's CPUs as torch threads, like the ST process. 2 workers:
 two Ray workers (gloo DDP, embeddings all-gathered) splitting the same global batch, each with
@@ -152,20 +158,22 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from synrank.models import resolve_encoder
+    from peer_machine import stop_embedded_ray
     from synrank.runtime import init_ray
 
     model_path = resolve_encoder("default")
     work = tempfile.mkdtemp(prefix="synrank-bench-train-")
     groups = os.path.join(work, "groups.parquet")
     n_groups = build_groups(Path(args.data), args.group_size, groups)
-    init_ray(num_cpus=args.cpus)
     load_before = os.getloadavg()
 
     repeats = []
     for r in range(args.repeats):
+        stop_embedded_ray()  # the peer runs on a machine without Ray (bench/peer_machine.py)
         st = run_st(groups, model_path, args.batch, args.steps, args.max_length, args.cpus)
         st_bf16 = run_st(groups, model_path, args.batch, args.steps, args.max_length, args.cpus, bf16=True) \
             if args.bf16 else None
+        init_ray(num_cpus=args.cpus)
         one = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 1, args.cpus,
                           args.length_bucketing, args.bf16)
         two = run_synrank(groups, model_path, args.batch, args.steps, args.max_length, 2, args.cpus,
@@ -201,7 +209,8 @@ def main() -> int:
                      "steps": args.steps, "repeats": args.repeats, "cpus": args.cpus,
                      "length_bucketing": args.length_bucketing,
                      "precision": "bf16 autocast (train.cpu_amp; ST bf16=True beside)" if args.bf16 else "fp32",
-                     "ray_worker_niceness": os.environ.get("RAY_worker_niceness")},
+                     "ray_worker_niceness": os.environ.get("RAY_worker_niceness"),
+                     "st_beside_ray": False},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "summary": summary,
