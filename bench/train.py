@@ -20,8 +20,8 @@ and the table gives each repeat and the median.
 sentence-transformers runs with no Ray on the machine, as a user who picks it has it: the embedded
 Ray is shut down before its run and started again for synrank's. (Until December 2026 it ran beside
 the idle embedded Ray, whose wake-ups cost a CPU step about 13 % (bench/ray_tax.py); that slowed
-the peer and flattered synrank's ratios: 0.91x and 1.00x then, against 0.77x measured on a clean
-machine.)
+the peer and flattered synrank's ratios: 0.91x and 1.00x then, 0.70x and 0.86x in the first run
+with the peer on a machine without Ray.)
 
 Ray workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's default is 15), like the
 ST process. 1 worker: one Ray worker with all the box's CPUs as torch threads, like the ST process. 2 workers:

@@ -517,8 +517,12 @@ def _read_queries(path: str) -> pa.Table:
 def shards_to_generate(cfg: GenerateConfig, queries: pa.Table) -> int:
     """How many of the run's shards have no finished file in ``cfg.out`` yet (read only). A caller
     that starts engines for several runs starts them only when this is above 0 for one of them."""
-    plan = plan_shards(queries, cfg)
-    return len(shards.pending_shards(cfg.out.rstrip("/"), len(plan.tasks), [t.digest for t in plan.tasks]))
+    return len(_pending_shards(cfg.out.rstrip("/"), plan_shards(queries, cfg)))
+
+
+def _pending_shards(out: str, plan: Plan) -> set[int]:
+    """The plan's shards without a file in `out` that carries their digest."""
+    return set(shards.pending_shards(out, len(plan.tasks), [t.digest for t in plan.tasks]))
 
 
 def generate(
@@ -559,7 +563,7 @@ def generate(
 
     _check_manifest(out, settings, cfg.overwrite)
     _remove_stale(out, len(plan.tasks))
-    pending = set(shards.pending_shards(out, len(plan.tasks), [t.digest for t in plan.tasks]))
+    pending = _pending_shards(out, plan)
     todo = [t for t in plan.tasks if t.shard in pending]
     skipped = len(plan.tasks) - len(todo)
     log.info("%d queries in %d shards: %d done before, %d to generate", plan.n_queries, len(plan.tasks), skipped, len(todo))
