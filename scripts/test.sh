@@ -6,4 +6,4 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 HF_HUB_OFFL
 export TOKENIZERS_PARALLELISM=false
 # Models converted once (the SmolLM2 GGUF -> safetensors) are cached here between runs.
 export SYNRANK_CACHE=${SYNRANK_CACHE:-$HOME/.cache/synrank}
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=1800 "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=1800 --durations=40 "$@"
