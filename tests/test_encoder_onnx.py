@@ -138,9 +138,9 @@ def export_calls(monkeypatch, tmp_path):
     calls: list[str] = []
     write = encoder_onnx._write_export
 
-    def spy(encoder, out):
+    def spy(encoder, out, **options):
         calls.append(str(out))
-        write(encoder, out)
+        write(encoder, out, **options)
 
     monkeypatch.setattr(encoder_onnx, "_write_export", spy)
     return calls
@@ -179,7 +179,47 @@ def test_concurrent_loads_export_once(tmp_path, export_calls):
         paths = list(pool.map(lambda e: exported_model(e, quantized=True), encoders))
     assert len(export_calls) == 1
     assert paths[0] == paths[1] and paths[0].parent.name.endswith("-int8") and paths[0].exists()
-    assert not list(paths[0].parent.parent.glob("*.partial"))
+    assert not list(paths[0].parent.parent.glob("*.partial")) and not list(paths[0].parent.parent.glob("*.float32"))
+
+
+def _op_counts(path: Path) -> dict:
+    import collections
+
+    import onnx
+
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_a_bert_export_is_fused_and_encodes_as_torch_does(tmp_path, export_calls):
+    from synrank.encoder_onnx import exported_model
+
+    model = _tiny_bert(tmp_path / "tiny", seed=0)
+    encoder = BiEncoder.load(str(model), backend="onnx").for_inference("cpu")
+    ops = _op_counts(exported_model(encoder))
+    # One layer: one fused attention, two skip-layer-norms (after attention and after the MLP).
+    assert ops["Attention"] == 1 and ops["SkipLayerNormalization"] == 2 and ops["EmbedLayerNormalization"] == 1
+    assert ops["Softmax"] == 0
+    reference = BiEncoder.load(str(model), inference_dtype="float32").for_inference("cpu").encode(TEXTS, "query")
+    assert (encoder.encode(TEXTS, "query") * reference).sum(1).min() > 1 - 1e-4
+
+
+def test_an_architecture_without_fusion_is_exported_unfused(tmp_path, export_calls):
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from synrank.encoder_onnx import exported_model
+    from synrank.models import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("default"))
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128)
+    DistilBertModel(config).save_pretrained(tmp_path / "distil")
+    tokenizer.save_pretrained(tmp_path / "distil")
+    encoder = BiEncoder.load(str(tmp_path / "distil"), backend="onnx").for_inference("cpu")
+    assert _op_counts(exported_model(encoder))["Attention"] == 0
+    reference = BiEncoder.load(str(tmp_path / "distil"), inference_dtype="float32").for_inference("cpu")
+    assert (encoder.encode(TEXTS, "query") * reference.encode(TEXTS, "query")).sum(1).min() > 1 - 1e-4
 
 
 def test_a_synrank_export_does_not_pin_the_backend(tmp_path):
