@@ -1,7 +1,7 @@
 """The cluster path, on several Ray nodes of this one machine (loopback) and a real S3-compatible
 server (moto, on 127.0.0.1): `ray job submit` of the pipeline with its run directory in the
-bucket, generation on two 1-CPU nodes, and a worker node lost while generation, training or a study
-runs.
+bucket (its rerun through `--working-dir` and jobs/pipeline.py), and a worker node lost while
+generation on two 1-CPU nodes, training or a study runs.
 
 What is simulated and why: the nodes are `ray start` process groups on one machine (there is one
 machine), a node's loss is SIGKILL of its whole process tree, the autoscaler's replacement node is
@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from fixtures_cluster import REPO, run_synrank, start_synrank, stop_process
+from fixtures_cluster import REPO, start_synrank, stop_process
 from synrank import storage
 from synrank.data import schemas
 from synrank.generate.pipeline import expected_doc_ids
@@ -78,7 +78,7 @@ def _demo_ids(limit: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_job_submit_runs_the_pipeline_on_two_nodes_into_s3_and_a_rerun_skips_every_stage(local_cluster, s3_server):
+def test_job_submit_runs_the_pipeline_on_two_nodes_into_s3_and_a_working_dir_rerun_skips_every_stage(local_cluster, s3_server):
     cluster = local_cluster(head_cpus=1, env=s3_server.env)
     cluster.add_node(num_cpus=1)
     run_dir = s3_server.url("job-run")
@@ -101,25 +101,21 @@ def test_job_submit_runs_the_pipeline_on_two_nodes_into_s3_and_a_rerun_skips_eve
     assert set(summary["metrics"]) == {"trained", "bm25"}
     assert _untracked_files() - before == set(), "the job wrote into the working tree"
 
-    second = subprocess.run(submit, env=cluster.env, cwd="/", capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-4000:]
+    # The rerun takes the one-machine route: jobs/submit.sh, the working directory uploaded under
+    # jobs/runtime_env.yaml's excludes, jobs/pipeline.py. It finds the bucket's stages done.
+    rerun = [str(REPO / "jobs" / "submit.sh"), "--address", cluster.dashboard_url, "--working-dir", str(REPO), "--",
+             "python", "jobs/pipeline.py", "--config", "tests/configs/pipeline-tiny.yaml", f"run_dir={run_dir}"]
+    second = subprocess.run(rerun, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0 and "succeeded" in second.stdout.lower(), second.stdout[-4000:] + second.stderr[-2000:]
+    assert "Uploading package" in second.stdout + second.stderr, second.stdout[-2000:] + second.stderr[-2000:]
     summary = storage.read_json(storage.join(run_dir, "summary.json"))
     assert {s["name"]: s["status"] for s in summary["stages"]} == {s: "skipped" for s in STAGES}
 
 
-def test_generation_on_two_one_cpu_nodes_runs_to_the_end(local_cluster, tmp_path):
-    """Two engines, one per 1-CPU node, must leave CPU for the Ray Data tasks that feed them."""
-    cluster = local_cluster(head_cpus=1)
-    cluster.add_node(num_cpus=1)
-    out = str(tmp_path / "gen")
-    done = run_synrank(cluster, ["generate", "--queries", str(DEMO_QUERIES), "--out", out, "--limit", "6",
-                                 "generate.shard_size=2", *GEN_SETTINGS], timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "starting 2 cpu engine(s)" in done.stderr, done.stderr[-4000:]
-    assert_exact_generation(out, _demo_ids(6))
-
-
 def test_a_worker_node_lost_while_generating_loses_and_duplicates_nothing(local_cluster, s3_server, tmp_path):
+    """Two engines, one per 1-CPU node, write shards (they must leave CPU for the Ray Data tasks
+    that feed them, or no shard is ever written); then the worker node dies and the run ends on
+    the head with every passage exactly once."""
     cluster = local_cluster(head_cpus=1, env=s3_server.env)
     worker = cluster.add_node(num_cpus=1)
     out = s3_server.url("gen-node-loss")
@@ -130,6 +126,7 @@ def test_a_worker_node_lost_while_generating_loses_and_duplicates_nothing(local_
         # Both engines up and the first shard written: the worker's engine has work in flight.
         _wait_for(lambda: "shard " in log.read_text() and any(n.startswith("part-") for n in storage.listdir(out)),
                   600, "the first shard", proc, log)
+        assert "starting 2 cpu engine(s)" in log.read_text(), log.read_text()[-4000:]
         cluster.remove_node(worker)
         proc.wait(900)
     finally:
