@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins: list[str] = ["fixtures_generate", "fixtures_s3", "fixtures_cluster", "fixtures_autoscaling"]
+pytest_plugins: list[str] = ["fixtures_generate", "fixtures_s3", "fixtures_cluster", "fixtures_autoscaling",
+                             "fixtures_minilm"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SYNRANK_SHARED_DATA", REPO.parent / "shared" / "data"))

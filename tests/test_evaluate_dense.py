@@ -2,52 +2,30 @@
 
 The untrained packaged all-MiniLM-L6-v2 is evaluated by `synrank.evaluate.evaluate_model` (Ray Data
 actor encoding, Parquet shards, faiss flat index, pytrec_eval) on Cranfield, CISI and MED; the test
-recomputes nDCG@10 and Recall@100 on its own: the BEIR files read with `json`,
-`sentence_transformers.SentenceTransformer(...).encode`, NumPy brute-force top 100, pytrec_eval.
-Both use the same settings: passages "title text", queries cut at 64 tokens (synrank's default),
-normalised embeddings, dot product. Passages are cut at 128 tokens instead of the default 256: it
-halves the cost of the two encodings of 3,893 documents (the suite's budget is ~4 min on 2 CPUs)
-and checks on the way that encoder overrides reach the Ray actors. The default length goes through
-the same code; `PASSAGE_LENGTH = EncoderConfig().max_passage_length` runs this test with it.
+recomputes nDCG@10 and Recall@100 on its own from the session's sentence-transformers reference
+(tests/fixtures_minilm.py: the BEIR files read with `json`, `SentenceTransformer(...).encode`),
+NumPy brute-force top 100 and pytrec_eval. Both use the same settings: passages "title text",
+queries cut at 64 tokens (synrank's default), normalised embeddings, dot product. Passages are cut
+at 64 tokens instead of the default 256, which quarters the cost of encoding 3,893 documents on
+2 CPUs and checks on the way that encoder overrides reach the Ray actors; the default length goes
+through the same code.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from synrank.config import EncoderConfig
+from fixtures_minilm import REFERENCE_COLLECTIONS
 from synrank.evaluate.runfile import check_run, read_run
 
-COLLECTIONS = ("cranfield", "cisi", "med")
-PASSAGE_LENGTH = 128
+COLLECTIONS = REFERENCE_COLLECTIONS
+PASSAGE_LENGTH = 64
 
 pytestmark = pytest.mark.slow
-
-
-def _read_beir(folder):
-    docs = [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    queries = {}
-    for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        if line:
-            obj = json.loads(line)
-            queries[str(obj["_id"])] = obj["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    with open(folder / "qrels" / "test.tsv", encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t")
-        next(rows)
-        for qid, did, score in rows:
-            qrels.setdefault(qid, {})[did] = int(score)
-    return docs, queries, qrels
-
-
-def _passage(doc) -> str:
-    title, text = (doc.get("title") or "").strip(), (doc.get("text") or "").strip()
-    return f"{title} {text}" if title else text
 
 
 @pytest.fixture(scope="module")
@@ -60,31 +38,21 @@ def synrank_results(ray_session, shared_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(shared_data):
+def reference(minilm_reference):
+    """nDCG@10 and Recall@100 of sentence-transformers' embeddings: NumPy brute-force top 100, pytrec_eval."""
     import pytrec_eval
-    from sentence_transformers import SentenceTransformer
 
-    from synrank.models import resolve_encoder
-
-    settings = EncoderConfig()
-    model = SentenceTransformer(resolve_encoder(), device="cpu")
     out = {}
-    for name in COLLECTIONS:
-        docs, queries, qrels = _read_beir(shared_data / name)
-        qids = [q for q in queries if q in qrels]
-        model.max_seq_length = PASSAGE_LENGTH
-        d = model.encode([_passage(doc) for doc in docs], batch_size=64, convert_to_numpy=True)
-        model.max_seq_length = settings.max_query_length
-        q = model.encode([queries[i] for i in qids], batch_size=64, convert_to_numpy=True)
-        scores = q.astype(np.float64) @ d.astype(np.float64).T
+    for name, encoded in minilm_reference.at(PASSAGE_LENGTH).items():
+        scores = encoded.query_vectors.astype(np.float64) @ encoded.passage_vectors.astype(np.float64).T
         top = np.argpartition(-scores, 100, axis=1)[:, :100]
-        run = {qid: {str(docs[j]["_id"]): float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
-        per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+        run = {qid: {encoded.doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(encoded.query_ids)}
+        per_query = pytrec_eval.RelevanceEvaluator(encoded.qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
         out[name] = {
             "ndcg@10": float(np.mean([v["ndcg_cut_10"] for v in per_query.values()])),
             "recall@100": float(np.mean([v["recall_100"] for v in per_query.values()])),
             "n_queries": len(per_query),
-            "n_docs": len(docs),
+            "n_docs": len(encoded.doc_ids),
         }
     return out
 
