@@ -81,14 +81,14 @@ class MiniLMReference:
         model = self._model
         docs, queries, qrels = read_beir(self._shared_data / name)
         query_ids = [q for q in queries if q in qrels]
+        query_texts = [queries[q] for q in query_ids]
         passages = [_passage(doc) for doc in docs]
         model.max_seq_length = passage_length
         passage_vectors = model.encode(passages, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
         model.max_seq_length = EncoderConfig().max_query_length
-        query_vectors = model.encode([queries[q] for q in query_ids], batch_size=64, convert_to_numpy=True,
-                                     normalize_embeddings=True)
-        return EncodedCollection([str(doc["_id"]) for doc in docs], passages, query_ids,
-                                 [queries[q] for q in query_ids], qrels, query_vectors, passage_vectors)
+        query_vectors = model.encode(query_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+        return EncodedCollection([str(doc["_id"]) for doc in docs], passages, query_ids, query_texts, qrels,
+                                 query_vectors, passage_vectors)
 
 
 @pytest.fixture(scope="session")

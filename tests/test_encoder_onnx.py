@@ -46,20 +46,20 @@ def onnx_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(minilm_reference):
+def torch_reference(minilm_reference):
     return minilm_reference.at(PASSAGE_LENGTH)
 
 
 @pytest.fixture(scope="module")
-def embeddings(onnx_cache, reference):
+def embeddings(onnx_cache, torch_reference):
     """{backend: {collection: (query vectors, passage vectors)}}: "torch" is the session's
     sentence-transformers reference, each ONNX backend encodes every corpus once."""
-    out = {"torch": {name: (c.query_vectors, c.passage_vectors) for name, c in reference.items()}}
+    out = {"torch": {name: (c.query_vectors, c.passage_vectors) for name, c in torch_reference.items()}}
     for backend in ONNX_BACKENDS:
         encoder = BiEncoder.load("default", backend=backend, inference_dtype="float32",
                                  max_passage_length=PASSAGE_LENGTH).for_inference("cpu")
         out[backend] = {name: (encoder.encode(c.queries, "query"), encoder.encode(c.passages, "passage"))
-                        for name, c in reference.items()}
+                        for name, c in torch_reference.items()}
     return out
 
 
@@ -91,9 +91,9 @@ def test_int8_weights_change_the_embeddings_a_little(embeddings):
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
 @pytest.mark.parametrize("name", COLLECTIONS)
-def test_onnx_backends_rank_as_torch_float32_does(embeddings, reference, backend, name):
-    expected = ndcg_at_10(reference[name], *embeddings["torch"][name])
-    got = ndcg_at_10(reference[name], *embeddings[backend][name])
+def test_onnx_backends_rank_as_torch_float32_does(embeddings, torch_reference, backend, name):
+    expected = ndcg_at_10(torch_reference[name], *embeddings["torch"][name])
+    got = ndcg_at_10(torch_reference[name], *embeddings[backend][name])
     assert 0.0 < expected < 1.0
     # Measured exception: dynamic int8 (per-channel weights, int8 activations) costs Cranfield about
     # 0.012 nDCG@10 (0.3685 vs 0.3807 at 128 tokens); quantising only the MatMuls or with reduced range

@@ -6,9 +6,9 @@ recomputes nDCG@10 and Recall@100 on its own from the session's sentence-transfo
 (tests/fixtures_minilm.py: the BEIR files read with `json`, `SentenceTransformer(...).encode`),
 NumPy brute-force top 100 and pytrec_eval. Both use the same settings: passages "title text",
 queries cut at 64 tokens (synrank's default), normalised embeddings, dot product. Passages are cut
-at 64 tokens instead of the default 256, which quarters the cost of encoding 3,893 documents on
-2 CPUs and checks on the way that encoder overrides reach the Ray actors; the default length goes
-through the same code.
+at 64 tokens instead of the default 256, which cuts the cost of encoding 3,893 documents on 2 CPUs
+(the Ray path: about 103 s here against 170 s at 128 tokens) and checks on the way that encoder
+overrides reach the Ray actors; the default length goes through the same code.
 """
 
 from __future__ import annotations
