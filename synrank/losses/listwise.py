@@ -8,7 +8,6 @@ and 0 (attached to the graph) when none contributes.
 
 from __future__ import annotations
 
-import ot
 import torch
 from torch import Tensor
 
@@ -162,6 +161,8 @@ class WassersteinLoss(RankingLoss):
             order = values.argsort(dim=1)
             values = values.gather(1, order).T
             q, t = q.gather(1, order), t.gather(1, order)
+        import ot  # here, not at the top: POT pulls in scikit-learn, about 2 s in every process that imports the losses
+
         # POT batches over trailing dimensions: support along dim 0, queries along dim 1.
         per_query = ot.wasserstein_1d(values, values, q.T, t.T, p=self.p, require_sort=False)
         return mean_over_contributing(per_query, batch.nonempty, batch)

@@ -25,7 +25,6 @@ from ray.data.block import BlockMetadata
 
 from synrank import storage
 from synrank.config import TrainConfig
-from synrank.train.collate import group_columns
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,8 @@ class GroupsDatasource(Datasource):
     of ``block_rows`` groups. Only the footer is read to plan."""
 
     def __init__(self, url: str, block_rows: int) -> None:
+        from synrank.train.collate import group_columns  # torch: needed here, in the driver, not by the read tasks
+
         super().__init__()
         self.url = url
         self.block_rows = block_rows
