@@ -35,6 +35,7 @@ import platform
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -558,13 +559,34 @@ def _inject_fault(marker: str, rank: int, world: int, step: int) -> None:
     raise InjectedFault(f"test fault: worker {rank} fails at step {step} (fail_at_step)")
 
 
-def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: str | None = None) -> dict[str, Any]:
-    """Train on this worker's ``groups`` under ``ctx``; returns {"history": [...], "resumes": [...], ...}."""
-    rank, world = ctx.rank, ctx.world_size
-    device = ctx.device()
+def set_threads(config: TrainConfig, device: torch.device) -> None:
     if device.type == "cpu":
         torch.set_num_threads(config.cpus_per_worker)
+
+
+def seeded_encoder(config: TrainConfig, rank: int, device: torch.device) -> BiEncoder:
+    """This worker's encoder in training mode on ``device``, built right after seeding its random
+    generators (so a run draws the same whether the encoder was built before or while its groups
+    were read), with the parameters no gradient reaches frozen."""
     _seed_everything(config.seed + rank)
+    encoder = build_encoder(config)
+    frozen = freeze_unused(encoder)
+    if frozen and rank == 0:
+        log.info("frozen (no gradient reaches them): %s", ", ".join(frozen))
+    encoder.to(device)
+    encoder.train()
+    return encoder
+
+
+def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: str | None = None,
+               encoder: BiEncoder | None = None) -> dict[str, Any]:
+    """Train on this worker's ``groups`` under ``ctx``; returns {"history": [...], "resumes": [...], ...}.
+    ``encoder``: one `seeded_encoder` built already (the Ray worker builds it while it reads its shard)."""
+    rank, world = ctx.rank, ctx.world_size
+    device = ctx.device()
+    set_threads(config, device)
+    if encoder is None:
+        encoder = seeded_encoder(config, rank, device)
 
     k = config.group_size or groups.max_group_size
     plan = BatchPlan(len(groups), config.batch_size, world, config.seed, rank,
@@ -576,12 +598,6 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
                          f"than grad_accumulation={config.grad_accumulation}")
     total = config.max_steps or config.epochs * steps_per_epoch
 
-    encoder = build_encoder(config)
-    frozen = freeze_unused(encoder)
-    if frozen and rank == 0:
-        log.info("frozen (no gradient reaches them): %s", ", ".join(frozen))
-    encoder.to(device)
-    encoder.train()
     towers = Towers(encoder)
     model: nn.Module = towers
     if world > 1:
@@ -740,10 +756,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError("train.group_size must be set before the workers start (every worker pads to it); "
                          "build the trainer arguments with synrank.train.trainer.groups_inputs")
     ctx = RayContext()
-    shard = ray.train.get_dataset_shard(DATASET)
-    groups = GroupShard.from_batches(shard.iter_batches(batch_size=None, batch_format="pyarrow"),
-                                     f"{loop_config['groups_path']} (shard {ctx.rank} of {ctx.world_size})")
-    out = train_loop(config, groups, ctx, loop_config.get("out_dir"))
+    device = ctx.device()
+    set_threads(config, device)
+    # The model loads while the shard streams in: reading it first waits on Ray Data's coordinator
+    # and read tasks, seconds of a short run in which this worker would otherwise sit idle.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synrank-model") as pool:
+        encoder = pool.submit(seeded_encoder, config, ctx.rank, device)
+        shard = ray.train.get_dataset_shard(DATASET)
+        groups = GroupShard.from_batches(shard.iter_batches(batch_size=None, batch_format="pyarrow"),
+                                         f"{loop_config['groups_path']} (shard {ctx.rank} of {ctx.world_size})")
+        out = train_loop(config, groups, ctx, loop_config.get("out_dir"), encoder=encoder.result())
     return out if ctx.rank == 0 else None
 
 
