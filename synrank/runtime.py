@@ -132,6 +132,28 @@ _STAGE_RESOURCES_ENV = "SYNRANK_STAGE_RESOURCES"
 _INHERITED_STAGE_RESOURCES = os.environ.get(_STAGE_RESOURCES_ENV)
 
 
+def state_api_answers(timeout_s: float = 0.5) -> bool:
+    """Whether the connected cluster's state API (served by the dashboard) accepts connections.
+
+    An embedded Ray runs without the dashboard: its address is still registered in the GCS, but
+    nothing listens there, so this answers False for it.
+    """
+    import socket
+
+    import ray._private.ray_constants as ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    address = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+    if not address:
+        return False
+    host, _, port = address.decode().rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def set_stage_resources(resources: Mapping[str, Mapping[str, float]]) -> None:
     """`{"generate": {"synrank_generate": 0.001}, "train": {...}, "encode": {...}, "cpu": {...}}`.
     Kept in the environment, which Ray hands to this job's workers, so nested drivers (Tune trials)

@@ -704,10 +704,14 @@ def test_worker_fault_resumes_from_the_last_checkpoint(ray_session, tiny_encoder
 
 
 @pytest.mark.slow
-def test_short_steps_do_not_wait_for_ray_trains_report_poll(ray_session, tiny_encoder, cranfield_groups, tmp_path):
+def test_short_steps_do_not_wait_for_ray_trains_report_poll(ray_session, tiny_encoder, cranfield_groups, tmp_path,
+                                                            capfd):
     """Ray Train takes one report per worker per controller poll (2 s): reporting every short step
     used to stall each step until the poll. Reports are now at most one per poll, agreed by both
-    workers; every step is still in the history."""
+    workers; every step is still in the history.
+
+    On this embedded Ray (no dashboard, so no state API) the run also no longer starts Ray Train's
+    placement-group cleaner, whose once-a-second state query failed and logged a warning each time."""
     from synrank.train import fit
 
     cfg = TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, num_workers=2, max_steps=10, lr=1e-4,
@@ -716,3 +720,26 @@ def test_short_steps_do_not_wait_for_ray_trains_report_poll(ray_session, tiny_en
     assert [h["step"] for h in result.metrics_history] == list(range(1, 11))
     cycles = sorted(cfg.batch_size * 2 / h["examples_per_s"] for h in result.metrics_history[1:])
     assert cycles[len(cycles) // 2] < 1.0, cycles  # stalled on the poll, each cycle took about 2 s
+    assert "Failed to query Ray Train Controller actor state" not in capfd.readouterr().err
+
+
+def test_placement_group_cleaner_only_where_the_state_api_answers(ray_session, tiny_encoder, cranfield_groups,
+                                                                  tmp_path, monkeypatch):
+    """The cleaner polls the state API; the embedded Ray has none, so synrank's trainer leaves it out
+    there, and keeps Ray Train's callbacks unchanged where the state API answers."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from synrank import runtime
+    from synrank.train import torch_trainer
+    from synrank.train.trainer import build_trainer
+
+    assert not runtime.state_api_answers()
+    trainer = build_trainer(TrainConfig(encoder=_encoder(tiny_encoder), batch_size=2, max_steps=1),
+                            cranfield_groups, str(tmp_path / "run"))
+
+    def cleaners():
+        return [cb for cb in trainer._create_default_callbacks() if isinstance(cb, PlacementGroupCleanerCallback)]
+
+    assert cleaners() == []
+    monkeypatch.setattr(torch_trainer, "state_api_answers", lambda: True)  # a cluster with a dashboard
+    assert len(cleaners()) == 1

@@ -183,9 +183,10 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
     ``run_config_overrides`` replaces any ``RunConfig`` argument (a ``storage_path`` URL included).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from synrank.train.loop import train_loop_per_worker
+    from synrank.train.torch_trainer import SynrankTorchTrainer
 
     resources = worker_resources(config, extra_resources)
     run_kwargs: dict[str, Any] = {
@@ -206,7 +207,7 @@ def build_trainer(config: TrainConfig, groups_path: str, out_dir: str, run_confi
         from ray.tune.integration.ray_train import TuneReportCallback
 
         run_kwargs["callbacks"] = [TuneReportCallback()]
-    return TorchTrainer(
+    return SynrankTorchTrainer(
         train_loop_per_worker,
         **groups_inputs(config, groups_path, out_dir),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
