@@ -49,6 +49,7 @@ from synrank.config import EncoderConfig, TrainConfig
 from synrank.encoder import BiEncoder, similarity
 from synrank.losses.labels import label_matrices
 from synrank.train.collate import Batch, BatchPlan, GroupShard, collate
+from synrank.train.progress import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -635,7 +636,8 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
     fault_marker = _fault_marker(out_dir, config.fail_at_step) if config.fail_at_step else None
     queries_per_step = config.batch_size * world * config.grad_accumulation
     # examples/s counts the whole cycle: this step and the previous step's report and checkpoint
-    cycle_start = time.perf_counter()
+    cycle_start = run_start = time.perf_counter()
+    first_step = state.step
 
     feed = BatchFeed(groups, plan, k, config.seed, encoder,
                      end_micro=state.micro + (total - state.step) * config.grad_accumulation,
@@ -733,10 +735,22 @@ def train_loop(config: TrainConfig, groups: GroupShard, ctx: Context, out_dir: s
                             "config": config.model_dump(mode="json"),
                         }, os.path.join(tmp, STATE_FILE))
                     ctx.report(metrics, ckpt_dir, state.step)
+                if rank == 0:
+                    log.info(progress_line(metrics, total, time.perf_counter() - run_start, state.step - first_step))
     finally:
         feed.close()
     return {"history": state.history, "resumes": state.resumes, "group_size": k, "total_steps": total,
             "groups_read": len(groups)}
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs the whole TrainingReport of every report at INFO (from a logger named after
+    its file); the progress line (``synrank.train.progress``) says the same in one short line."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    train_logger = getattr(train_context, "logger", None)
+    if train_logger is not None:
+        train_logger.setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -755,6 +769,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if config.group_size is None:
         raise ValueError("train.group_size must be set before the workers start (every worker pads to it); "
                          "build the trainer arguments with synrank.train.trainer.groups_inputs")
+    quiet_ray_train_reports()
     ctx = RayContext()
     device = ctx.device()
     set_threads(config, device)

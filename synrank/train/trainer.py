@@ -142,10 +142,14 @@ def loop_config(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str
 def groups_inputs(config: TrainConfig, groups_path: str, out_dir: str) -> dict[str, Any]:
     """The ``TorchTrainer`` arguments that carry the groups: the loop config, and the groups as a Ray
     Dataset that Ray Train shares out, one equal shard per worker (``synrank.train.ingest``)."""
+    from synrank.runtime import with_progress_bars
     from synrank.train.ingest import DATASET, groups_dataset, shard_config
 
+    # Ray Data's bars would show the groups streaming out to the workers (seconds, before the first
+    # step); the run's progress is the loop's line per report.
+    groups = with_progress_bars(groups_dataset(groups_path), False)
     return {"train_loop_config": loop_config(config, groups_path, out_dir),
-            "datasets": {DATASET: groups_dataset(groups_path)}, "dataset_config": shard_config()}
+            "datasets": {DATASET: groups}, "dataset_config": shard_config()}
 
 
 def _in_tune_trial() -> bool:
