@@ -45,6 +45,10 @@ def _embedded_defaults() -> None:
     # vLLM's engine processes talk over a message queue bound to the machine's address unless told
     # otherwise; on one machine that is loopback. Ray's workers inherit this environment.
     os.environ.setdefault("VLLM_HOST_IP", LOOPBACK)
+    # Ray Train starts an actor per run that polls for nodes being drained (spot preemption) so
+    # that workers can checkpoint first. A one-machine Ray has no node to lose without losing the
+    # run with it; the actor would cost a worker start and its wake-ups on the CPUs that train.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray._private.ray_constants as ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
