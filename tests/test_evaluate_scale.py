@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from driver_output import last_json_object
 
 from synrank.data.errors import DataError
 from synrank.data.readers import iter_corpus, iter_corpus_part, split_corpus
@@ -291,7 +292,7 @@ def _drive(model: str, collection: Path, out: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", DRIVER, model, str(collection), str(out)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json_object(done.stdout)
 
 
 @pytest.mark.slow

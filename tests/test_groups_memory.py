@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from driver_output import last_json_object
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def _drive(collection: Path, out: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(collection), str(out)], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json_object(proc.stdout)
 
 
 def test_driver_memory_is_flat_when_the_collection_grows_tenfold(shared_data, tmp_path):

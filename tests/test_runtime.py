@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from driver_output import last_json_object
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -80,7 +80,7 @@ def test_connects_to_an_existing_cluster_instead_of_starting_one():
                 break
             time.sleep(2)  # the head may still be starting
         assert out.returncode == 0, out.stderr[-2000:]
-        info = json.loads(out.stdout.strip().splitlines()[-1])
+        info = last_json_object(out.stdout)
         assert info["address"] == f"127.0.0.1:{port}"
         assert info["embedded"] is False
         assert info["num_cpus"] == 1.0 and info["num_nodes"] == 1
