@@ -137,8 +137,15 @@ class LocalCluster:
                     extra_args: list[str] = ()) -> Node:
         self._counter += 1
         name = "head" if head else f"worker{self._counter - 1}"
+        # A temp dir per node, as each machine of a real cluster has its own /tmp/ray. Nodes sharing
+        # one would share its runtime_resources: a second node's runtime-env agent then unpacks a
+        # job's working dir again over the directory the job's driver runs in, which deletes the
+        # driver's cwd under it (oneMKL, loaded after that, aborts on the failing getcwd()), and
+        # every node's log monitor forwards every worker's lines, so the driver sees them twice.
+        temp = self.temp if head else self.temp / name
+        temp.mkdir(exist_ok=True)
         args = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
-                "--num-gpus=0", "--object-store-memory=500000000", f"--temp-dir={self.temp}", "--disable-usage-stats", "--block", *_agent_ports(),
+                "--num-gpus=0", "--object-store-memory=500000000", f"--temp-dir={temp}", "--disable-usage-stats", "--block", *_agent_ports(),
                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
         if resources:
             args.append(f"--resources={json.dumps(resources)}")

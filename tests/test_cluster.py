@@ -182,6 +182,8 @@ def test_a_worker_node_lost_while_training_resumes_from_the_bucket(local_cluster
     printed, _ = json.JSONDecoder().raw_decode(text[text.rindex("{\n"):])
     assert printed["steps"] == steps
     assert printed["resumed_from"] and all(0 < s < steps for s in printed["resumed_from"]), text[-3000:]
+    # Once per resume: with nodes sharing a temp dir every node's log monitor forwarded it.
+    assert text.count("resumed from the checkpoint") == len(printed["resumed_from"]), text[-3000:]
     assert storage.exists(storage.join(out, "model", "model.safetensors"))
 
 
