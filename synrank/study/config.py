@@ -309,7 +309,7 @@ class StudyConfig(Section):
     name: str = "study"
     study_dir: str = "runs/study"
     base: SynrankConfig = SynrankConfig()
-    space: SpaceConfig = SpaceConfig()
+    space: SpaceConfig = Field(default_factory=SpaceConfig)  # built on use: its loss check imports torch
     search: SearchConfig = SearchConfig()
     asha: AshaConfig = AshaConfig()
     dev: list[CollectionSpec] = []
