@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from driver_output import last_json_object
 
 from synrank.config import GroupsConfig
 from synrank.data import readers
@@ -64,7 +65,7 @@ def test_input_errors_name_the_file_and_row_and_keep_the_previous_output(shared_
 
 
 WAITS_FOR_STAGE_RESOURCES = textwrap.dedent('''
-    import sys, threading, time
+    import json, sys, threading, time
     from synrank.config import GroupsConfig
     from synrank.data.groups import build_groups_to
     from synrank.runtime import init_ray, stall_report
@@ -78,7 +79,7 @@ WAITS_FOR_STAGE_RESOURCES = textwrap.dedent('''
         if "synrank_cpu" in report:
             break
         time.sleep(1)
-    print("stall report:", report, flush=True)
+    print(json.dumps({"stall_report": report}), flush=True)
 ''')
 
 
@@ -86,9 +87,8 @@ def test_the_work_waits_for_the_cpu_stage_resources(shared_data, tmp_path):
     proc = subprocess.run([sys.executable, "-c", WAITS_FOR_STAGE_RESOURCES, str(shared_data / "cranfield"),
                            str(tmp_path / "groups.parquet")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Ray's autoscaler messages reach the same stdout, before or after the report.
-    report = [line for line in proc.stdout.splitlines() if line.startswith("stall report:")]
-    assert len(report) == 1 and "synrank_cpu: 0.001" in report[0], proc.stdout
+    report = last_json_object(proc.stdout)["stall_report"]
+    assert "synrank_cpu: 0.001" in report, proc.stdout
     assert not (tmp_path / "groups.parquet").exists()
 
 
