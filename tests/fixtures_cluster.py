@@ -140,8 +140,9 @@ class LocalCluster:
         # A temp dir per node, as each machine of a real cluster has its own /tmp/ray. Nodes sharing
         # one would share its runtime_resources: a second node's runtime-env agent then unpacks a
         # job's working dir again over the directory the job's driver runs in, which deletes the
-        # driver's cwd under it (oneMKL, loaded after that, aborts on the failing getcwd()), and
-        # every node's log monitor forwards every worker's lines, so the driver sees them twice.
+        # driver's cwd under it (a driver that first imported torch after that died in oneMKL:
+        # "Cannot load libtorch_cpu.so"), and every node's log monitor forwards every worker's
+        # lines, so the driver sees them twice.
         temp = self.temp if head else self.temp / name
         temp.mkdir(exist_ok=True)
         args = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus:g}",
